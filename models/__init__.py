@@ -1,0 +1,1 @@
+"""Flourish models package."""
