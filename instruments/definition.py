@@ -32,6 +32,18 @@ class InstrumentDefinitionError(ValueError):
         super().__init__(f"{path}: field '{field}': {message}")
 
 
+class _FieldError(ValueError):
+    """A validator's error that knows which field (dotted, relative to the model) is wrong.
+
+    Model-level validators otherwise report the model itself (``<root>``); carrying the field
+    lets :func:`load_instrument` name ``scales.1.items`` instead.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,10 +58,10 @@ class ResponseScaleSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> ResponseScaleSpec:
         if self.max <= self.min:
-            raise ValueError(f"max ({self.max}) must exceed min ({self.min})")
+            raise _FieldError("max", f"max ({self.max}) must exceed min ({self.min})")
         bad = [k for k in self.anchors if not self.min <= k <= self.max]
         if bad:
-            raise ValueError(f"anchor values {bad} lie outside {self.min}..{self.max}")
+            raise _FieldError("anchors", f"anchor values {bad} lie outside {self.min}..{self.max}")
         return self
 
 
@@ -94,12 +106,14 @@ class ScaleSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> ScaleSpec:
         if len(set(self.items)) != len(self.items):
-            raise ValueError("items repeat")
+            raise _FieldError("items", "items repeat")
         if self.min_items is not None and not 1 <= self.min_items <= len(self.items):
-            raise ValueError(f"min_items must lie in 1..{len(self.items)}")
+            raise _FieldError("min_items", f"min_items must lie in 1..{len(self.items)}")
         uppers = [b.upper for b in self.bands]
         if uppers != sorted(uppers) or len(set(uppers)) != len(uppers):
-            raise ValueError("bands must be listed with strictly ascending 'upper' bounds")
+            raise _FieldError(
+                "bands", "bands must be listed with strictly ascending 'upper' bounds"
+            )
         return self
 
     @property
@@ -137,22 +151,45 @@ class InstrumentSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> InstrumentSpec:
         ids = [i.id for i in self.items]
-        if len(set(ids)) != len(ids):
-            raise ValueError("item ids repeat")
-        for i in ids:
+        for n, i in enumerate(ids):
+            if i in ids[:n]:
+                raise _FieldError(f"items.{n}.id", f"item id '{i}' repeats")
             if not i.startswith(f"{self._prefix()}_"):
-                raise ValueError(f"item id '{i}' must start with '{self._prefix()}_'")
+                raise _FieldError(
+                    f"items.{n}.id", f"item id '{i}' must start with '{self._prefix()}_'"
+                )
         scale_ids = [s.id for s in self.scales]
-        if len(set(scale_ids)) != len(scale_ids):
-            raise ValueError("scale ids repeat")
+        for n, sid in enumerate(scale_ids):
+            if sid in scale_ids[:n]:
+                raise _FieldError(f"scales.{n}.id", f"scale id '{sid}' repeats")
         known = set(ids)
-        for s in self.scales:
+        for n, s in enumerate(self.scales):
             unknown = [i for i in s.items if i not in known]
             if unknown:
-                raise ValueError(f"scale '{s.id}' names unknown items {unknown}")
+                raise _FieldError(
+                    f"scales.{n}.items", f"scale '{s.id}' names unknown items {unknown}"
+                )
+        for n, s in enumerate(self.scales):
+            # Every possible final score must fall in a band, else the top scores get none.
+            lo, hi = self.scale_range(s.id)
+            if s.bands and s.bands[-1].upper < hi:
+                raise _FieldError(
+                    f"scales.{n}.bands",
+                    f"the last band's upper bound {s.bands[-1].upper:g} lies below the scale's "
+                    f"maximum {hi:g}, so the highest scores would have no band",
+                )
+            if s.bands and s.bands[0].upper < lo:
+                raise _FieldError(
+                    f"scales.{n}.bands",
+                    f"the first band's upper bound {s.bands[0].upper:g} lies below the scale's "
+                    f"minimum {lo:g}, so no score can fall in it",
+                )
         for key in self.minimal_important_difference:
             if key not in scale_ids:
-                raise ValueError(f"minimal_important_difference names unknown scale '{key}'")
+                raise _FieldError(
+                    f"minimal_important_difference.{key}",
+                    f"minimal_important_difference names unknown scale '{key}'",
+                )
         return self
 
     def _prefix(self) -> str:
@@ -270,7 +307,12 @@ def _read_mapping(path: Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise InstrumentDefinitionError(path, "<syntax>", str(exc).splitlines()[0]) from None
+        message = str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:  # YAML: name the line and column (1-based) of the problem
+            problem = getattr(exc, "problem", None) or message
+            message = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+        raise InstrumentDefinitionError(path, "<syntax>", message) from None
     if not isinstance(data, dict):
         raise InstrumentDefinitionError(path, "<root>", "expected a mapping of fields")
     return data
@@ -290,15 +332,23 @@ def load_instrument(path: Path | str) -> InstrumentSpec:
         return InstrumentSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        raise InstrumentDefinitionError(path, loc, err["msg"]) from None
+        parts = [str(p) for p in err["loc"]]
+        message = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            parts.append(cause.field)
+            message = str(cause)
+        loc = ".".join(parts) or "<root>"
+        raise InstrumentDefinitionError(path, loc, message) from None
 
 
 def _definition_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml", ".toml"})
 
 
-def load_library(extra_dirs: Iterable[Path | str] = (), *, builtin: bool = True) -> InstrumentLibrary:
+def load_library(
+    extra_dirs: Iterable[Path | str] = (), *, builtin: bool = True
+) -> InstrumentLibrary:
     """Load the built-in instruments plus every definition file in ``extra_dirs``.
 
     A study's own instrument may not reuse a built-in id or item id.

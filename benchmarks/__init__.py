@@ -1,0 +1,1 @@
+"""Performance workloads; run them all with ``python -m benchmarks.run`` (JSON on stdout)."""

@@ -1,0 +1,714 @@
+"""Validate the raw long table: split it into typed responses and a quarantine with reasons.
+
+Decisions (each is a test in ``tests/instruments/test_validation.py``):
+
+- A blank value (empty cell, null) is a *skipped item*: kept in ``responses`` with a null
+  value. Scoring decides what too few answers mean; it is not a data defect.
+- Whitespace around a value (``"5 "``) is stripped and reported as coercion
+  ``value_whitespace``; a whole number written as a decimal (``"5.0"``) is read as 5 and
+  reported as ``value_decimal``; NA tokens (``NA``, ``N/A``, ``n/a``, ``.``, ``NaN`` ...,
+  see :class:`ValidationConfig`) are skipped items, reported as ``na_token``.
+- Any other text is ``non_numeric_value``; ``3.5`` is ``non_integer_value``; a number
+  outside the item's own response range is ``out_of_range``.
+- An item id no instrument of the library defines is ``unknown_item``; a stated
+  instrument that does not define the item is ``instrument_mismatch``; a missing
+  instrument (wide layouts) is inferred from the item.
+- A blank participant id is ``missing_participant_id``; an id absent from the
+  participants table (when one is given) is ``unknown_participant``.
+- A wave that is blank, not a whole number or negative is ``invalid_wave``; a timestamp
+  that cannot be parsed is ``invalid_timestamp``; a blank timestamp is allowed (null).
+  Timestamps are ISO 8601 (date, date + time, optional fraction, ``Z`` or ``±hh:mm``);
+  naive times are read as UTC.
+- Among rows without any other defect, several rows for the same participant × wave ×
+  item are duplicates: if their values differ (a blank differs from an answer) all are
+  ``duplicate_conflict``; if identical, the first (reading order) is kept and the rest
+  are ``duplicate_row``.
+- A row with several defects is quarantined once, under its first reason in
+  :data:`QUARANTINE_REASONS`, so that ``rows_in == accepted + quarantined`` always.
+
+How the work is split, for speed (20 M rows in seconds, no Python loop over rows):
+
+1. Values, waves, instruments and item ids repeat massively (a handful of distinct
+   texts). Each is encoded once into dense integer codes (a cast to a polars ``Enum`` of
+   its distinct texts); parsing, stripping and NA handling run once per *distinct* text
+   and are gathered back by code. Timestamps (nearly one per sitting) are parsed per
+   row, trying each ISO layout only on what earlier layouts left unparsed.
+2. The checks generated from the instrument definitions
+   (:func:`instruments.schemas.build_item_schema`) depend on a row only through
+   ``(instrument, item, value, wave)``. pandera validates the *distinct* combinations of
+   those (a few thousand rows however large the input) lazily, at depth
+   ``SCHEMA_AND_DATA``, and its failure cases (check name + index) are mapped back to
+   every row with that combination. pandera is thus what detects unknown items,
+   instrument mismatches, non-integer and out-of-range values and negative waves
+   (``ValidationResult.item_failures`` lists what it found).
+3. Missing / unknown participants and timestamps are polars expressions; duplicates are
+   found by sorting a 64-bit hash of participant × wave × item (then grouped exactly on
+   the few candidates, so a hash collision cannot misclassify).
+4. The accepted table is validated against :class:`instruments.schemas.ResponsesSchema`
+   and the item schema at ``SCHEMA_AND_DATA`` as a gate that proves the output contract
+   (``ValidationConfig.check_contract``); a failure there is a bug and raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, get_args
+
+import numpy as np
+import pandera.polars as pa
+import polars as pl
+from pandera.config import ValidationDepth, config_context
+
+from instruments.definition import InstrumentLibrary
+from instruments.schemas import (
+    ITEM_CHECK_REASON,
+    QUARANTINE_REASONS,
+    QuarantineReason,
+    ResponsesSchema,
+    build_item_schema,
+)
+
+__all__ = [
+    "COERCION_KINDS",
+    "QUARANTINE_REASONS",
+    "CoercionKind",
+    "QuarantineReason",
+    "ValidationConfig",
+    "ValidationResult",
+    "ValidationSummary",
+    "validate_responses",
+]
+
+CoercionKind = Literal[
+    "value_whitespace",
+    "value_decimal",
+    "na_token",
+    "participant_id_whitespace",
+    "wave_format",
+    "field_whitespace",
+]
+#: Every coercion kind that validation reports.
+COERCION_KINDS: tuple[CoercionKind, ...] = get_args(CoercionKind)
+
+RAW_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "participant_id": pl.String(),
+    "wave": pl.String(),
+    "timestamp": pl.String(),
+    "instrument": pl.String(),
+    "item": pl.String(),
+    "value": pl.String(),
+    "column": pl.String(),
+}
+RAW_COLUMNS: tuple[str, ...] = tuple(RAW_SCHEMA)
+
+QUARANTINE_COLUMNS: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "participant_id": pl.String(),
+    "wave": pl.String(),
+    "column": pl.String(),
+    "value": pl.String(),
+    "reason": pl.String(),
+}
+
+COERCION_COLUMNS: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "column": pl.String(),
+    "kind": pl.String(),
+    "rows": pl.Int64(),
+    "first_row": pl.Int64(),
+    "example": pl.String(),
+}
+
+_PRIORITY: dict[str, int] = {r: i for i, r in enumerate(QUARANTINE_REASONS)}
+_INT32_MAX = 2**31 - 1
+_INTEGER_TEXT = r"^-?[0-9]+$"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Options of :func:`validate_responses`.
+
+    Attributes
+    ----------
+    na_tokens
+        Texts (after stripping whitespace) that mean "not answered": read as a skipped
+        item and reported as coercion ``na_token``. Case-sensitive.
+    check_contract
+        Validate the accepted table against ``ResponsesSchema`` and the generated item
+        schema at ``SCHEMA_AND_DATA`` depth (about a second per 20 M rows). A failure is
+        a bug in this module and raises ``pandera.errors.SchemaErrors``.
+    """
+
+    na_tokens: tuple[str, ...] = ("NA", "N/A", "n/a", "na", ".", "NaN", "nan")
+    check_contract: bool = True
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """Row accounting of one validation: ``rows_in == accepted + quarantined`` always."""
+
+    rows_in: int
+    accepted: int
+    quarantined: int
+    by_reason: dict[str, int]
+    coerced_by_kind: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able data: counts, ``by_reason`` and ``coerced_by_kind``."""
+        return asdict(self)
+
+    def to_frame(self) -> pl.DataFrame:
+        """Tidy counts, one row per measure.
+
+        Columns: ``measure`` (rows_in, accepted, quarantined, reason, coercion), ``key``
+        (the reason or coercion kind) and ``rows``.
+        """
+        recs = [
+            ("rows_in", None, self.rows_in),
+            ("accepted", None, self.accepted),
+            ("quarantined", None, self.quarantined),
+        ]
+        recs += [("reason", k, v) for k, v in self.by_reason.items()]
+        recs += [("coercion", k, v) for k, v in self.coerced_by_kind.items()]
+        return pl.DataFrame(
+            recs, schema={"measure": pl.String, "key": pl.String, "rows": pl.Int64}, orient="row"
+        )
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Outcome of :func:`validate_responses`.
+
+    Attributes
+    ----------
+    responses
+        Valid rows in the ``responses`` contract (``ResponsesSchema``), in reading order.
+    quarantine
+        Rejected rows: ``source, row, participant_id, wave, column, value`` as written,
+        and ``reason`` (one of :data:`QUARANTINE_REASONS`), in reading order.
+    coercions
+        ``source, column, kind, rows, first_row, example``: values that were accepted after
+        a harmless rewrite, counted per file × column × kind (accepted rows only).
+    summary
+        Row accounting and counts by reason and by coercion kind.
+    message
+        ``"ok"``, ``"quarantined"`` (some rows rejected) or ``"no_rows"`` (empty input).
+    """
+
+    responses: pl.DataFrame
+    quarantine: pl.DataFrame
+    coercions: pl.DataFrame
+    summary: ValidationSummary
+    message: Literal["ok", "quarantined", "no_rows"] = "ok"
+    item_failures: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    def to_frame(self) -> pl.DataFrame:
+        """The summary as a tidy frame (see :meth:`ValidationSummary.to_frame`)."""
+        return self.summary.to_frame()
+
+    def summary_dict(self) -> dict[str, object]:
+        """The summary as plain JSON-able data, with ``message``."""
+        return {**self.summary.to_dict(), "message": self.message}
+
+    def with_coercions(self, coercions: pl.DataFrame) -> ValidationResult:
+        """A copy whose ``coercions`` are replaced (e.g. ingest's and validation's together).
+
+        ``summary.coerced_by_kind`` is recounted from ``coercions``.
+        """
+        counts = dict(coercions.group_by("kind").agg(pl.col("rows").sum()).iter_rows())
+        kinds = {k: int(counts.get(k, 0)) for k in (*COERCION_KINDS, *sorted(set(counts)))}
+        summary = replace(self.summary, coerced_by_kind=kinds)
+        return replace(self, coercions=coercions, summary=summary)
+
+
+def _blank_to_null(txt: pl.Expr) -> pl.Expr:
+    return pl.when(txt.str.len_bytes() > 0).then(txt)
+
+
+#: ISO 8601 layouts tried in order; "Z" is a literal (UTC), ``%z`` an offset, the rest
+#: are naive and read as UTC. ``%.f`` also matches no fraction.
+_TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+)
+
+
+def _parse_timestamps(txt: pl.Series) -> pl.Series:
+    """ISO 8601 text -> Datetime[us, UTC]; null when unparseable. Naive times are UTC.
+
+    Each layout is tried only on the texts that no earlier layout parsed, so the common
+    case costs one pass (a loop over layouts, not rows).
+    """
+    utc = pl.Datetime("us", "UTC")
+    out = pl.Series(txt.name, [None] * txt.len(), dtype=utc)
+    todo = pl.Series(np.flatnonzero(txt.is_not_null().to_numpy()), dtype=pl.UInt32)
+    for fmt in (*_TIMESTAMP_FORMATS, "%Y-%m-%d"):
+        if todo.len() == 0:
+            break
+        part = txt.gather(todo)
+        if fmt == "%Y-%m-%d":
+            got = part.str.to_date(fmt, strict=False).cast(pl.Datetime("us"))
+            got = got.dt.replace_time_zone("UTC")
+        elif fmt.endswith("%z"):
+            got = part.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
+        else:
+            got = part.str.to_datetime(fmt, strict=False, time_unit="us")
+            got = got.dt.replace_time_zone("UTC")
+        hit = got.is_not_null()
+        out = out.scatter(todo.filter(hit), got.filter(hit))
+        todo = todo.filter(~hit)
+    return out
+
+
+def _timestamp_columns(raw: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """Per row: parsed timestamp, ``bad`` (unparseable) and ``ws`` (parsed after stripping).
+
+    Timestamps are nearly unique per sitting, so they are parsed row by row (not via
+    distinct texts); surrounding whitespace is rare, so only texts that fail are stripped
+    and retried.
+    """
+    ts = _parse_timestamps(raw)
+    n = raw.len()
+    retry = pl.Series(
+        np.flatnonzero((raw.is_not_null() & ts.is_null()).to_numpy()), dtype=pl.UInt32
+    )
+    bad = pl.Series("bad", np.zeros(n, dtype=bool))
+    ws = pl.Series("ws", np.zeros(n, dtype=bool))
+    if retry.len():
+        stripped = raw.gather(retry).str.strip_chars()
+        blank = stripped.str.len_bytes() == 0
+        again = _parse_timestamps(pl.select(_blank_to_null(pl.lit(stripped))).to_series())
+        ts = ts.scatter(retry, again)
+        bad = bad.scatter(retry, ~blank & again.is_null())
+        ws = ws.scatter(retry, again.is_not_null())
+    return ts, bad, ws
+
+
+def _item_failures(domain: pl.DataFrame, library: InstrumentLibrary) -> pl.DataFrame:
+    """Validate the distinct (instrument, item, value, wave) combinations with pandera.
+
+    Returns the failing combinations: ``index`` (row of ``domain``), its columns,
+    ``_domain_code`` (priority of the first reason that applies) and ``checks`` (the
+    names of the pandera checks that failed, comma-separated).
+    """
+    schema = build_item_schema(library)
+    empty = (
+        domain.clear()
+        .with_row_index("index")
+        .with_columns(
+            pl.col("index").cast(pl.Int64),
+            pl.lit(None, pl.UInt8).alias("_domain_code"),
+            pl.lit(None, pl.String).alias("checks"),
+        )
+    )
+    try:
+        with config_context(validation_depth=ValidationDepth.SCHEMA_AND_DATA):
+            schema.validate(domain.lazy(), lazy=True).collect()
+    except pa.errors.SchemaErrors as err:
+        fc = err.failure_cases
+        if fc["index"].null_count():
+            # A schema-level failure (dtype, missing column) means this module built the
+            # frame wrongly: a bug, not a data defect.
+            raise
+        codes = {k: _PRIORITY[v] for k, v in ITEM_CHECK_REASON.items()}
+        per_index = (
+            fc.select(
+                pl.col("index").cast(pl.Int64),
+                pl.col("check"),
+                pl.col("check").replace_strict(codes, return_dtype=pl.UInt8).alias("code"),
+            )
+            .group_by("index")
+            .agg(
+                pl.col("code").min().alias("_domain_code"),
+                pl.col("check").unique().sort().str.join(",").alias("checks"),
+            )
+        )
+        return (
+            domain.with_row_index("index")
+            .with_columns(pl.col("index").cast(pl.Int64))
+            .join(per_index, on="index", how="inner")
+            .sort("index")
+        )
+    return empty
+
+
+def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Dense codes of a text column: ``(codes UInt32, distinct texts)``.
+
+    ``distinct[codes[i]] == column[i]``; null is the last distinct entry. Casting to an
+    ``Enum`` of the distinct texts is one fast lookup per row, and everything derived
+    from the text is then computed once per distinct text and *gathered* by code.
+    """
+    values = column.drop_nulls().unique().sort()
+    codes = column.cast(pl.Enum(values)).to_physical().cast(pl.UInt32)
+    codes = codes.fill_null(values.len())
+    distinct = values.extend(pl.Series([None], dtype=pl.String))
+    return codes, distinct
+
+
+def _derive(distinct: pl.Series, name: str, exprs: list[pl.Expr]) -> pl.DataFrame:
+    return distinct.alias(name).to_frame().with_columns(exprs)
+
+
+def _value_exprs(na_tokens: tuple[str, ...]) -> list[pl.Expr]:
+    raw = pl.col("value")
+    txt = _blank_to_null(raw.str.strip_chars())
+    na = txt.is_in(list(na_tokens)).fill_null(False)
+    num = pl.when(~na).then(txt.cast(pl.Float64, strict=False))
+    return [
+        num.alias("_value"),
+        (txt.is_not_null() & ~na & num.is_null()).alias("_non_numeric"),
+        na.alias("na_token"),
+        (raw != txt).fill_null(False).alias("value_whitespace"),
+        (num.is_not_null() & ~txt.str.contains(_INTEGER_TEXT))
+        .fill_null(False)
+        .alias("value_decimal"),
+    ]
+
+
+def _wave_exprs() -> list[pl.Expr]:
+    raw = pl.col("wave")
+    txt = _blank_to_null(raw.str.strip_chars())
+    f = txt.cast(pl.Float64, strict=False)
+    bad = (f.is_null() | ~f.is_finite() | (f != f.floor()) | (f.abs() > _INT32_MAX)).fill_null(True)
+    return [
+        pl.when(~bad).then(f.cast(pl.Int64)).alias("_wave"),
+        bad.alias("_bad_wave"),
+        (~bad & ((raw != txt) | ~txt.str.contains(_INTEGER_TEXT)))
+        .fill_null(False)
+        .alias("wave_format"),
+    ]
+
+
+def _pair_table(inst: pl.Series, item: pl.Series, library: InstrumentLibrary) -> pl.DataFrame:
+    """Every (instrument, item) text pair, indexed ``i_inst * len(item) + i_item``."""
+    owner = {str(r["item"]): str(r["instrument"]) for r in library.item_table()}
+    i_txt = _blank_to_null(pl.col("instrument").str.strip_chars())
+    t_txt = pl.col("item").str.strip_chars().fill_null("")
+    return (
+        inst.alias("instrument")
+        .to_frame()
+        .join(item.alias("item").to_frame(), how="cross", maintain_order="left_right")
+        .with_columns(
+            pl.coalesce(
+                i_txt, t_txt.replace_strict(owner, default=None, return_dtype=pl.String)
+            ).alias("_instrument"),
+            t_txt.alias("_item"),
+            (
+                (pl.col("instrument") != i_txt).fill_null(False)
+                | (pl.col("item") != t_txt).fill_null(False)
+            ).alias("_ws"),
+        )
+    )
+
+
+def validate_responses(
+    raw: pl.LazyFrame | pl.DataFrame,
+    participants: pl.DataFrame | None,
+    library: InstrumentLibrary,
+    config: ValidationConfig | None = None,
+) -> ValidationResult:
+    """Split the raw long table into valid responses and a quarantine with reasons.
+
+    Parameters
+    ----------
+    raw
+        The raw long table of ``docs/contracts.md`` (all text but ``row``); extra columns
+        are ignored.
+    participants
+        The participants table (``participant_id`` column); None skips the
+        ``unknown_participant`` check.
+    library
+        The instruments whose items are known; their definitions generate the pandera
+        checks (:func:`instruments.schemas.build_item_schema`).
+    config
+        Options; defaults to :class:`ValidationConfig`.
+
+    Returns
+    -------
+    ValidationResult
+        ``responses`` + ``quarantine`` hold every input row exactly once
+        (``summary.rows_in == summary.accepted + summary.quarantined``). The module
+        docstring lists each decision on what is a defect, a coercion, or a skipped item.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from instruments.definition import load_library
+    >>> raw = pl.DataFrame({"source": ["s.csv"] * 3, "row": [1, 2, 3],
+    ...     "participant_id": ["p1"] * 3, "wave": ["0"] * 3, "timestamp": [None] * 3,
+    ...     "instrument": ["who5"] * 3, "item": ["who5_1", "who5_2", "who5_3"],
+    ...     "value": ["5 ", "9", ""], "column": ["value"] * 3},
+    ...     schema_overrides={"timestamp": pl.String, "row": pl.Int64})
+    >>> res = validate_responses(raw, None, load_library())
+    >>> res.responses["value"].to_list(), res.quarantine["reason"].to_list()
+    ([5, None], ['out_of_range'])
+    """
+    cfg = config or ValidationConfig()
+    lf = raw.lazy() if isinstance(raw, pl.DataFrame) else raw
+    frame = lf.select([pl.col(c).cast(RAW_SCHEMA[c]) for c in RAW_COLUMNS]).collect()
+    rows_in = frame.height
+
+    # Every text column but participant_id repeats massively: encode each as dense codes,
+    # derive once per distinct text, gather by code (no string work per row).
+    v_code, v_txt = _encode(frame["value"])
+    w_code, w_txt = _encode(frame["wave"])
+    in_code, in_txt = _encode(frame["instrument"])
+    it_code, it_txt = _encode(frame["item"])
+    vmap = _derive(v_txt, "value", _value_exprs(cfg.na_tokens))
+    wmap = _derive(w_txt, "wave", _wave_exprs())
+    ts, bad_ts, ts_ws = _timestamp_columns(frame["timestamp"])
+    pmap = _pair_table(in_txt, it_txt, library)
+    p_code = in_code * it_txt.len() + it_code
+    nv, nw = vmap.height, wmap.height
+
+    # --- the generated instrument checks, by pandera, on distinct combinations ----------
+    d_code = (p_code.cast(pl.UInt64) * nv + v_code) * nw + w_code
+    d_unique = d_code.unique().sort()
+    domain = pl.DataFrame(
+        {
+            "_p": (d_unique // (nv * nw)).cast(pl.UInt32),
+            "_v": (d_unique // nw % nv).cast(pl.UInt32),
+            "_w": (d_unique % nw).cast(pl.UInt32),
+        }
+    )
+    typed = pl.DataFrame(
+        {
+            "instrument": pmap["_instrument"].gather(domain["_p"]),
+            "item": pmap["_item"].gather(domain["_p"]),
+            "value": vmap["_value"].gather(domain["_v"]),
+            "wave": wmap["_wave"].gather(domain["_w"]),
+        }
+    )
+    failures = _item_failures(typed, library)
+    code = {r: pl.lit(_PRIORITY[r], dtype=pl.UInt8) for r in QUARANTINE_REASONS}
+    domain_reason = (
+        domain.with_columns(
+            non_numeric=vmap["_non_numeric"].gather(domain["_v"]),
+            bad_wave=wmap["_bad_wave"].gather(domain["_w"]),
+        )
+        .with_row_index("index")
+        .with_columns(pl.col("index").cast(pl.Int64))
+        .join(
+            failures.select("index", "_domain_code"), on="index", how="left", maintain_order="left"
+        )
+        .select(
+            pl.min_horizontal(
+                pl.when(pl.col("bad_wave")).then(code["invalid_wave"]),
+                pl.when(pl.col("non_numeric")).then(code["non_numeric_value"]),
+                pl.col("_domain_code"),
+            ).alias("code")
+        )["code"]
+    )
+
+    # --- per-row reasons -----------------------------------------------------------------
+    pid_raw = frame["participant_id"]
+    pid = pid_raw.str.strip_chars()
+    pid = pl.select(_blank_to_null(pl.lit(pid))).to_series()
+    cols: dict[str, pl.Series] = {
+        "_pid": pid,
+        "_dom": domain_reason.gather(d_unique.search_sorted(d_code)),
+        "_bad_ts": bad_ts,
+    }
+    candidates = [
+        pl.when(pl.col("_pid").is_null()).then(code["missing_participant_id"]),
+        pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]),
+        pl.col("_dom"),
+    ]
+    if participants is not None:
+        known = participants["participant_id"].str.strip_chars().implode()
+        candidates.append(pl.when(~pl.col("_pid").is_in(known)).then(code["unknown_participant"]))
+    reason = pl.DataFrame(cols).select(pl.min_horizontal(candidates).alias("r"))["r"]
+
+    # --- duplicates among otherwise valid rows -------------------------------------------
+    # Candidates by a 64-bit hash of participant × wave × item, found by sorting hashes
+    # (faster than a hash table over tens of millions of keys); exact grouping runs on
+    # the few candidates only, so a hash collision cannot misclassify a row.
+    item_dense = pmap.select(pl.col("_item").rank("dense").cast(pl.UInt32))["_item"]
+    item_key = item_dense.gather(p_code)
+    wave_key = wmap["_wave"].gather(w_code)
+    keyed = pl.DataFrame(
+        {
+            "_ord": pl.int_range(0, rows_in, dtype=pl.UInt32, eager=True),
+            "_pid": pid,
+            "_wave": wave_key,
+            "_item": item_key,
+            "_v": vmap["_value"].gather(v_code),
+            "_r": reason,
+        }
+    )
+    clean = keyed.filter(pl.col("_r").is_null())
+    hashes = clean.select(pl.struct("_pid", "_wave", "_item").hash(seed=7))[:, 0]
+    sorted_h = hashes.sort()
+    repeated = sorted_h.filter((sorted_h == sorted_h.shift(1)).fill_null(False))
+    dup_ord = clean["_ord"].filter(hashes.is_in(repeated.unique().implode()))
+    if dup_ord.len():
+        dup_key = ["_pid", "_wave", "_item"]
+        dup_codes = (
+            keyed.filter(pl.col("_ord").is_in(dup_ord.implode()))
+            .with_columns(
+                pl.len().over(dup_key).alias("_n"),
+                pl.col("_v").n_unique().over(dup_key).alias("_nu"),
+                (pl.col("_ord") == pl.col("_ord").min().over(dup_key)).alias("_first"),
+            )
+            .select(
+                "_ord",
+                pl.when((pl.col("_n") > 1) & (pl.col("_nu") > 1))
+                .then(code["duplicate_conflict"])
+                .when((pl.col("_n") > 1) & ~pl.col("_first"))
+                .then(code["duplicate_row"])
+                .alias("_dup"),
+            )
+            .drop_nulls("_dup")
+        )
+        reason = reason.scatter(dup_codes["_ord"], dup_codes["_dup"])
+
+    ok = reason.is_null()
+    responses = pl.DataFrame(
+        {
+            "participant_id": pid.filter(ok),
+            "wave": wave_key.filter(ok).cast(pl.Int32),
+            "timestamp": ts.filter(ok).cast(pl.Datetime("us", "UTC")),
+            "instrument": pmap["_instrument"].gather(p_code.filter(ok)),
+            "item": pmap["_item"].gather(p_code.filter(ok)),
+            "value": vmap["_value"].gather(v_code.filter(ok)).cast(pl.Int16),
+            "source": frame["source"].filter(ok),
+            "row": frame["row"].filter(ok),
+        }
+    )
+    reason_names = {i: r for r, i in _PRIORITY.items()}
+    bad = ~ok
+    quarantine = (
+        frame.filter(bad)
+        .select("source", "row", "participant_id", "wave", "column", "value")
+        .with_columns(
+            reason.filter(bad).replace_strict(reason_names, return_dtype=pl.String).alias("reason")
+        )
+        .cast(QUARANTINE_COLUMNS)
+    )
+    coercions = _coercions(
+        frame.select("source", "row", "column", "value", "participant_id", "wave"),
+        ok,
+        {
+            "value": (v_code, vmap),
+            "wave": (w_code, wmap),
+            "pair": (p_code, pmap),
+        },
+        (pid_raw != pid).fill_null(False),
+        ts_ws,
+    )
+
+    if cfg.check_contract:
+        accepted = d_unique.search_sorted(d_code.filter(ok).unique())
+        _check_contract(responses, typed[accepted], library)
+
+    counts = dict(quarantine["reason"].value_counts().iter_rows())
+    by_reason = {r: int(counts.get(r, 0)) for r in QUARANTINE_REASONS}
+    kind_counts = dict(coercions.group_by("kind").agg(pl.col("rows").sum()).iter_rows())
+    coerced = {k: int(kind_counts.get(k, 0)) for k in COERCION_KINDS}
+    summary = ValidationSummary(
+        rows_in=rows_in,
+        accepted=responses.height,
+        quarantined=quarantine.height,
+        by_reason=by_reason,
+        coerced_by_kind=coerced,
+    )
+    if summary.accepted + summary.quarantined != summary.rows_in:  # pragma: no cover
+        raise AssertionError(f"row accounting broken: {summary}")
+    message: Literal["ok", "quarantined", "no_rows"] = (
+        "no_rows" if rows_in == 0 else "quarantined" if quarantine.height else "ok"
+    )
+    failures_out = (
+        failures.drop("index")
+        .with_columns(
+            pl.col("_domain_code")
+            .replace_strict(reason_names, return_dtype=pl.String)
+            .alias("reason")
+        )
+        .drop("_domain_code")
+    )
+    return ValidationResult(
+        responses=responses,
+        quarantine=quarantine,
+        coercions=coercions,
+        summary=summary,
+        message=message,
+        item_failures=failures_out,
+    )
+
+
+def _coercions(
+    frame: pl.DataFrame,
+    ok: pl.Series,
+    coded: dict[str, tuple[pl.Series, pl.DataFrame]],
+    pid_ws: pl.Series,
+    ts_ws: pl.Series,
+) -> pl.DataFrame:
+    """Coercions on accepted rows, counted per source × column × kind.
+
+    A row-level flag is only materialised when some distinct text carries it, so clean
+    data costs nothing here.
+    """
+    parts: list[pl.DataFrame] = []
+
+    def add(mask: pl.Series, kind: str, column: pl.Expr, example: pl.Expr) -> None:
+        mask = mask & ok
+        if not mask.any():
+            return
+        parts.append(
+            frame.filter(mask)
+            .group_by("source", column.alias("column"))
+            .agg(
+                pl.len().cast(pl.Int64).alias("rows"),
+                pl.col("row").min().cast(pl.Int64).alias("first_row"),
+                example.first().alias("example"),
+            )
+            .with_columns(pl.lit(kind).alias("kind"))
+        )
+
+    v_code, vmap = coded["value"]
+    for kind in ("value_whitespace", "value_decimal", "na_token"):
+        if vmap[kind].any():
+            add(vmap[kind].gather(v_code), kind, pl.col("column"), pl.col("value"))
+    w_code, wmap = coded["wave"]
+    if wmap["wave_format"].any():
+        add(wmap["wave_format"].gather(w_code), "wave_format", pl.lit("wave"), pl.col("wave"))
+    if pid_ws.any():
+        add(pid_ws, "participant_id_whitespace", pl.lit("participant_id"), pl.col("participant_id"))
+    if ts_ws.any():
+        add(ts_ws, "field_whitespace", pl.lit("timestamp"), pl.lit(None, pl.String))
+    p_code, pmap = coded["pair"]
+    if pmap["_ws"].any():
+        add(
+            pmap["_ws"].gather(p_code),
+            "field_whitespace",
+            pl.lit("instrument/item"),
+            pl.lit(None, pl.String),
+        )
+    if not parts:
+        return pl.DataFrame(schema=COERCION_COLUMNS)
+    out = pl.concat([p.select(list(COERCION_COLUMNS)) for p in parts], how="vertical_relaxed")
+    return out.cast(COERCION_COLUMNS).sort("source", "column", "kind")
+
+
+def _check_contract(
+    responses: pl.DataFrame, accepted_domain: pl.DataFrame, library: InstrumentLibrary
+) -> None:
+    """The gate: accepted rows must satisfy the responses contract and the item schema.
+
+    ``accepted_domain`` holds the distinct (instrument, item, value, wave) of the accepted
+    rows, decoded from their codes, so the item schema runs on a few rows.
+    """
+    with config_context(validation_depth=ValidationDepth.SCHEMA_AND_DATA):
+        ResponsesSchema.validate(responses.lazy(), lazy=True).collect()
+        build_item_schema(library).validate(accepted_domain.lazy(), lazy=True).collect()

@@ -1,0 +1,257 @@
+"""The ``flourish`` command line (see README, "CLI reference").
+
+Exit codes follow DESIGN.md: 0 ok; 1 a pipeline failure; 2 unusable input (missing file,
+bad spec); 3 rows quarantined (validate/score); 4 a deviated analysis plan (prereg verify).
+A user mistake prints one clear message naming file, row and column where there is one —
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE, EXIT_QUARANTINED, EXIT_DEVIATED = 0, 1, 2, 3, 4
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the user's input is wrong" (printed, never traced)."""
+    from instruments.definition import InstrumentDefinitionError
+    from orchestration.readers import IngestError
+    from orchestration.spec import StudySpecError
+
+    errors: list[type[BaseException]] = [
+        InstrumentDefinitionError, IngestError, StudySpecError, FileNotFoundError,
+    ]
+    try:
+        from models.plan import AnalysisPlanError
+
+        errors.append(AnalysisPlanError)
+    except ImportError:  # pragma: no cover - the plan module ships with the package
+        pass
+    return tuple(errors)
+
+
+def _fail(message: str, code: int = EXIT_UNUSABLE) -> int:
+    print(f"flourish: error: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------- validate / score
+
+
+def _print_validation(summary: object, file_issues: object, out: Path) -> None:
+    from orchestration.report_text import format_validation_summary
+
+    print(format_validation_summary(summary, file_issues, out))
+
+
+def cmd_validate(args: argparse.Namespace, *, with_scores: bool = False) -> int:
+    """Ingest and validate (and optionally score) a study."""
+    from orchestration import pipeline
+
+    study = pipeline.load_study(args.study)
+    result = pipeline.ingest_study(study)
+    pipeline.write_ingest_outputs(study, result)
+    _print_validation(result.validation.summary, result.file_issues, study.out)
+    if with_scores:
+        scores = pipeline.score_study(study, result.validation.responses)
+        scores.write_parquet(study.out / "scores.parquet")
+        print(f"scores: {scores.height:,} rows -> {study.out / 'scores.parquet'}")
+    return EXIT_QUARANTINED if result.validation.summary.quarantined else EXIT_OK
+
+
+# ---------------------------------------------------------------- run / demo
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Materialise every asset of the study on an embedded Dagster instance."""
+    from orchestration.run import run_study
+
+    outcome = run_study(Path(args.study), progress=not args.quiet)
+    print(outcome.summary_text)
+    return EXIT_OK if outcome.success else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Write a synthetic study with known truth and run the whole pipeline on it."""
+    from orchestration.demo import DemoStudyConfig, write_demo_study
+    from orchestration.run import run_study
+
+    started = time.perf_counter()
+    out = Path(args.out).resolve()
+    config = DemoStudyConfig(n_participants=args.participants, seed=args.seed)
+    demo = write_demo_study(out, config)
+    print(f"demo study written to {out} ({args.participants} participants, seed {args.seed})")
+    outcome = run_study(demo.study_path, progress=not args.quiet)
+    print(outcome.summary_text)
+    print(f"\ndone in {time.perf_counter() - started:.1f} s. Open the dashboard with:\n"
+          f"  flourish dashboard {demo.study_path}")
+    return EXIT_OK if outcome.success else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- prereg
+
+
+def cmd_prereg(args: argparse.Namespace) -> int:
+    """Seal (lock) an analysis plan or verify it against its seal."""
+    from models.plan import lock_plan, verify_plan
+
+    plan = Path(args.plan)
+    if args.action == "lock":
+        outcome_rows = 0
+        if args.study:
+            from orchestration.pipeline import count_outcome_rows, load_study
+
+            outcome_rows = count_outcome_rows(load_study(args.study))
+        lock = lock_plan(plan, outcome_rows=outcome_rows)
+        print(f"sealed {plan}\n  sha256 {lock.sha256}\n  at {lock.locked_at}\n"
+              f"  outcome rows present when sealed: {lock.outcome_rows}")
+        return EXIT_OK
+    check = verify_plan(plan)
+    if check.status == "intact":
+        print(f"{plan}: intact (sha256 {check.sha256})")
+        return EXIT_OK
+    if check.status == "unlocked":
+        return _fail(f"{plan}: not sealed; run `flourish prereg lock {plan}` first")
+    print(f"{plan}: DEVIATED from its seal\n  sealed  {check.locked_sha256}\n"
+          f"  now     {check.sha256}\n{check.diff}")
+    return EXIT_DEVIATED
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Make the study's DP releases and render the public report."""
+    from orchestration.public import BudgetRefused, release_and_report
+
+    try:
+        outcome = release_and_report(Path(args.study))
+    except BudgetRefused as refused:
+        return _fail(str(refused), EXIT_FAILED)
+    print(outcome)
+    return EXIT_OK
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """Show the study's privacy-budget ledger."""
+    from orchestration.public import format_ledger
+
+    print(format_ledger(Path(args.study)))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- dashboard / instruments
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Start the Streamlit dashboard on the study's outputs."""
+    from orchestration.spec import load_study_spec
+
+    spec_path = Path(args.study).resolve()
+    load_study_spec(spec_path)  # fail early, with a clear message, on a bad spec
+    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    env = {**os.environ, "FLOURISH_STUDY": str(spec_path)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"dashboard on http://localhost:{args.port} (Ctrl-C to stop)")
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_instruments(args: argparse.Namespace) -> int:
+    """List the instrument library or show one instrument."""
+    from instruments.catalog import format_instrument, format_instrument_list
+    from instruments.definition import load_library
+
+    extra: list[Path] = []
+    if args.study:
+        from orchestration.spec import load_study_spec
+
+        extra = list(load_study_spec(args.study).instrument_dirs)
+    library = load_library(extra)
+    if args.action == "list":
+        print(format_instrument_list(library))
+        return EXIT_OK
+    if args.id not in library:
+        return _fail(f"unknown instrument '{args.id}'; known: {', '.join(library.ids())}")
+    print(format_instrument(library[args.id]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``flourish`` command."""
+    p = argparse.ArgumentParser(prog="flourish", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="write a synthetic study and run the whole pipeline")
+    d.add_argument("--participants", type=int, default=1000)
+    d.add_argument("--out", default="flourish-demo")
+    d.add_argument("--seed", type=int, default=20261129)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="materialise every asset of a study")
+    r.add_argument("study")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="ingest + validate; exit 3 when rows were quarantined")
+    v.add_argument("study")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("score", help="validate + score")
+    s.add_argument("study")
+    s.set_defaults(func=lambda a: cmd_validate(a, with_scores=True))
+
+    pr = sub.add_parser("prereg", help="seal or verify an analysis plan")
+    pr.add_argument("action", choices=["lock", "verify"])
+    pr.add_argument("plan")
+    pr.add_argument("--study", help="count the outcome rows present when sealing")
+    pr.set_defaults(func=cmd_prereg)
+
+    rel = sub.add_parser("release", help="make the DP releases and the public report")
+    rel.add_argument("study")
+    rel.set_defaults(func=cmd_release)
+
+    led = sub.add_parser("ledger", help="show the privacy-budget ledger")
+    led.add_argument("study")
+    led.set_defaults(func=cmd_ledger)
+
+    db = sub.add_parser("dashboard", help="open the Streamlit dashboard")
+    db.add_argument("study")
+    db.add_argument("--port", type=int, default=8501)
+    db.set_defaults(func=cmd_dashboard)
+
+    ins = sub.add_parser("instruments", help="the instrument library")
+    ins.add_argument("action", choices=["list", "show"])
+    ins.add_argument("id", nargs="?")
+    ins.add_argument("--study", help="include the study's own instrument folders")
+    ins.set_defaults(func=cmd_instruments)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flourish`` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) == "show" and not args.id:
+        return _fail("instruments show needs an instrument id")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _user_errors() as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,471 @@
+"""Survey and participant readers: every layout and file format to the *raw long table*.
+
+The raw long table (``docs/contracts.md``) is all text, so that nothing is lost or
+silently converted before validation decides what is a defect:
+
+``source`` (file path, relative to the study folder when inside it), ``row`` (Int64,
+1-based *data* row of that file: header rows are not counted, so row 1 is the first
+response of a CSV, the line after the three header rows of a Qualtrics export, and the
+first case of a .sav/.dta), ``participant_id``, ``wave``, ``timestamp``, ``instrument``
+(null when the layout has none), ``item``, ``value`` (null = blank cell) and ``column``
+(the source column the value came from, after header whitespace is stripped).
+
+Layouts (``DESIGN.md``): ``long`` has a row per item; ``wide`` and ``qualtrics`` have a
+row per participant × wave and a column per item, which is melted. In wide files a column
+is melted when it is an item id of the library or *looks like* one
+(``^[a-z][a-z0-9]*_[0-9]+$``), so that an item of an instrument the study did not declare
+reaches validation as ``unknown_item`` instead of vanishing. Every other column is
+reported as an ``ignored_column`` file issue.
+
+CSV is scanned lazily with ``infer_schema=False`` (every cell stays text); Parquet is
+scanned lazily and cast to text; SPSS .sav and Stata .dta are read once with pyreadstat
+(pandas) and converted to polars. Integral floats from typed formats become ``"5"``, not
+``"5.0"``, because the float type is the format's, not the respondent's.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from instruments.definition import InstrumentLibrary
+from orchestration.spec import FileFormat, StudySpec, SurveySpec
+
+FileIssueReason = Literal["empty_file", "no_data_rows", "no_item_columns", "ignored_column"]
+CoercionKind = Literal["header_whitespace"]
+
+ITEM_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[0-9]+$")
+
+RAW_COLUMNS: tuple[str, ...] = (
+    "source",
+    "row",
+    "participant_id",
+    "wave",
+    "timestamp",
+    "instrument",
+    "item",
+    "value",
+    "column",
+)
+
+RAW_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "participant_id": pl.String(),
+    "wave": pl.String(),
+    "timestamp": pl.String(),
+    "instrument": pl.String(),
+    "item": pl.String(),
+    "value": pl.String(),
+    "column": pl.String(),
+}
+
+FILE_ISSUE_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "column": pl.String(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+}
+
+COERCION_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "column": pl.String(),
+    "kind": pl.String(),
+    "rows": pl.Int64(),
+    "first_row": pl.Int64(),
+    "example": pl.String(),
+}
+
+_SUFFIX_FORMAT: dict[str, FileFormat] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".sav": "sav",
+    ".zsav": "sav",
+    ".dta": "dta",
+}
+_ROW = "__row"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class IngestError(Exception):
+    """An input file is unusable (missing, unreadable, no participant id column, ...).
+
+    The CLI maps it to exit code 2. ``file`` names the file (or the glob that matched
+    nothing).
+    """
+
+    def __init__(self, file: Path | str, message: str) -> None:
+        self.file = str(file)
+        self.message = message
+        super().__init__(f"{file}: {message}")
+
+
+@dataclass(frozen=True)
+class RawSurvey:
+    """All survey sources of a study as one raw long table, plus what ingest noticed.
+
+    Attributes
+    ----------
+    rows
+        The raw long table (LazyFrame, :data:`RAW_SCHEMA`).
+    file_issues
+        ``source, column, reason, detail``: empty files, files with a header but no data
+        rows, wide files without any item column, columns that were ignored (``reason``
+        in :data:`FileIssueReason`). None of these stops ingest.
+    coercions
+        ``source, column, kind, rows, first_row, example`` (the schema of
+        ``ValidationResult.coercions``): header whitespace stripped, one row per header
+        cell (``rows`` = 1, ``first_row`` null, ``example`` the header as written).
+    files
+        Every file read, as reported in ``source``, in reading order.
+    """
+
+    rows: pl.LazyFrame
+    file_issues: pl.DataFrame
+    coercions: pl.DataFrame
+    files: list[str] = field(default_factory=list)
+
+
+def _display(spec: StudySpec, path: Path) -> str:
+    try:
+        return path.relative_to(spec.base_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def expand_paths(spec: StudySpec, pattern: str) -> list[Path]:
+    """Files named by ``pattern`` (a path or a glob, relative to the study folder), sorted.
+
+    Raises
+    ------
+    IngestError
+        When the file does not exist or the glob matches no file.
+    """
+    target = spec.resolve(pattern)
+    if _GLOB_CHARS.search(pattern):
+        found = sorted(Path(p) for p in glob.glob(str(target), recursive=True))
+        files = [p for p in found if p.is_file()]
+        if not files:
+            raise IngestError(target, "the glob matches no file")
+        return files
+    if not target.is_file():
+        raise IngestError(target, "file not found")
+    return [target]
+
+
+def _format_of(path: Path, override: FileFormat | None) -> FileFormat:
+    if override is not None:
+        return override
+    fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise IngestError(
+            path, f"unknown file format '{path.suffix}'; set format = csv|parquet|sav|dta"
+        )
+    return fmt
+
+
+def _text_columns(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Cast every column to text; integral floats print as integers, datetimes in ISO form."""
+    exprs = []
+    for name, dtype in lf.collect_schema().items():
+        col = pl.col(name)
+        if name == _ROW:
+            exprs.append(col)
+        elif dtype == pl.String:
+            exprs.append(col)
+        elif dtype.is_float():
+            exprs.append(
+                pl.when(col.is_nan())
+                .then(None)
+                .when(col.is_finite() & (col == col.floor()) & (col.abs() < 2**53))
+                .then(col.cast(pl.Int64).cast(pl.String))
+                .otherwise(col.cast(pl.String))
+                .alias(name)
+            )
+        elif isinstance(dtype, pl.Datetime):
+            c = (
+                col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+                if dtype.time_zone
+                else col
+            )
+            exprs.append(c.dt.to_string("%Y-%m-%dT%H:%M:%S%.f").alias(name))
+        elif dtype == pl.Date:
+            exprs.append(col.dt.to_string("%Y-%m-%d").alias(name))
+        else:
+            exprs.append(col.cast(pl.String).alias(name))
+    return lf.select(exprs)
+
+
+def _scan_file(path: Path, fmt: FileFormat, header_rows: int) -> pl.LazyFrame | None:
+    """A lazy all-text frame with a 1-based ``__row`` column; None when the file is empty."""
+    if path.stat().st_size == 0:
+        return None
+    try:
+        if fmt == "csv":
+            return pl.scan_csv(
+                path,
+                infer_schema=False,
+                skip_rows_after_header=header_rows - 1,
+                row_index_name=_ROW,
+                row_index_offset=1,
+                missing_utf8_is_empty_string=False,
+            )
+        if fmt == "parquet":
+            lf = pl.scan_parquet(path).with_row_index(_ROW, offset=1)
+            return _text_columns(lf)
+        import pyreadstat  # local: only studies with SPSS/Stata files pay the import
+
+        reader = pyreadstat.read_sav if fmt == "sav" else pyreadstat.read_dta
+        try:
+            pdf, _meta = reader(str(path), apply_value_formats=False)
+        except (pyreadstat.ReadstatError, pyreadstat.PyreadstatError) as exc:
+            raise IngestError(path, f"cannot read as {fmt}: {exc}") from None
+        frame = pl.from_pandas(pdf, nan_to_null=True)
+        return _text_columns(frame.lazy().with_row_index(_ROW, offset=1))
+    except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
+        raise IngestError(path, f"cannot read as {fmt}: {exc}") from None
+
+
+@dataclass
+class _FileRead:
+    rows: pl.LazyFrame | None
+    issues: list[dict[str, object]]
+    coercions: list[dict[str, object]]
+
+
+def _issue(source: str, column: str | None, reason: FileIssueReason, detail: str) -> dict:
+    return {"source": source, "column": column, "reason": reason, "detail": detail}
+
+
+def _normalise_header(
+    lf: pl.LazyFrame, source: str, path: Path, survey_columns: dict[str, str]
+) -> tuple[pl.LazyFrame, dict[str, str], list[dict[str, object]]]:
+    """Strip header whitespace and apply renames; return frame, {new name: source column}."""
+    names = [n for n in lf.collect_schema().names() if n != _ROW]
+    coercions: list[dict[str, object]] = []
+    stripped: dict[str, str] = {}
+    for n in names:
+        s = n.strip()
+        if s != n:
+            coercions.append(
+                {
+                    "source": source,
+                    "column": s,
+                    "kind": "header_whitespace",
+                    "rows": 1,
+                    "first_row": None,
+                    "example": repr(n),
+                }
+            )
+        stripped[n] = s
+    seen = list(stripped.values())
+    dup = sorted({s for s in seen if seen.count(s) > 1})
+    if dup:
+        raise IngestError(path, f"duplicate column names {dup} (after stripping whitespace)")
+    renamed = {n: survey_columns.get(s, survey_columns.get(n, s)) for n, s in stripped.items()}
+    targets = list(renamed.values())
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        raise IngestError(path, f"several columns would be named {dup} after [survey.columns]")
+    origin = {renamed[n]: stripped[n] for n in names}
+    return lf.rename(renamed), origin, coercions
+
+
+def _read_one(
+    spec: StudySpec, survey: SurveySpec, path: Path, library: InstrumentLibrary
+) -> _FileRead:
+    source = _display(spec, path)
+    fmt = _format_of(path, survey.format)
+    header_rows = 3 if survey.layout == "qualtrics" else 1
+    if survey.layout == "qualtrics" and fmt != "csv":
+        raise IngestError(path, "layout 'qualtrics' needs a CSV export (format = 'csv')")
+    lf = _scan_file(path, fmt, header_rows)
+    if lf is None:
+        return _FileRead(None, [_issue(source, None, "empty_file", "the file has 0 bytes")], [])
+    lf, origin, coercions = _normalise_header(lf, source, path, survey.columns)
+    cols = set(origin)
+
+    if "participant_id" not in cols:
+        raise IngestError(
+            path,
+            "no 'participant_id' column; map one with [survey.columns] "
+            f"(columns: {sorted(origin.values())})",
+        )
+    wave_col = survey.wave_column or "wave"
+    if survey.wave is not None:
+        wave_expr = pl.lit(str(survey.wave), dtype=pl.String)
+        used = set()
+    elif wave_col in cols:
+        wave_expr = pl.col(wave_col)
+        used = {wave_col}
+    else:
+        raise IngestError(
+            path, f"no wave column '{wave_col}'; set wave = N or wave_column in [[survey]]"
+        )
+    ts_expr = pl.col("timestamp") if "timestamp" in cols else pl.lit(None, dtype=pl.String)
+    used |= {"participant_id", "timestamp"}
+
+    base = [
+        pl.lit(source, dtype=pl.String).alias("source"),
+        pl.col(_ROW).cast(pl.Int64).alias("row"),
+        pl.col("participant_id"),
+        wave_expr.alias("wave"),
+        ts_expr.alias("timestamp"),
+    ]
+    issues: list[dict[str, object]] = []
+    if survey.layout == "long":
+        missing = [c for c in ("item", "value") if c not in cols]
+        if missing:
+            raise IngestError(path, f"layout 'long' needs columns {missing}")
+        used |= {"item", "value", "instrument"}
+        inst = pl.col("instrument") if "instrument" in cols else pl.lit(None, dtype=pl.String)
+        out = lf.select(
+            *base,
+            inst.alias("instrument"),
+            pl.col("item"),
+            pl.col("value"),
+            pl.lit(origin["value"], dtype=pl.String).alias("column"),
+        )
+    else:
+        known = {it.id for inst in library for it in inst.items}
+        items = [c for c in origin if c not in used and (c in known or ITEM_ID_PATTERN.match(c))]
+        used |= set(items)
+        if not items:
+            out = None
+        else:
+            melted = lf.select(*base, *[pl.col(c) for c in items]).unpivot(
+                on=items,
+                index=["source", "row", "participant_id", "wave", "timestamp"],
+                variable_name="item",
+                value_name="value",
+            )
+            out = melted.select(
+                "source",
+                "row",
+                "participant_id",
+                "wave",
+                "timestamp",
+                pl.lit(None, dtype=pl.String).alias("instrument"),
+                "item",
+                "value",
+                pl.col("item")
+                .replace_strict({c: origin[c] for c in items}, return_dtype=pl.String)
+                .alias("column"),
+            )
+    for c in origin:
+        if c not in used:
+            issues.append(
+                _issue(
+                    source,
+                    origin[c],
+                    "ignored_column",
+                    "not an item id nor participant_id/wave/timestamp"
+                    + ("/instrument/item/value" if survey.layout == "long" else ""),
+                )
+            )
+    if out is None:
+        issues.append(
+            _issue(source, None, "no_item_columns", "no column is an item id; nothing to melt")
+        )
+        return _FileRead(None, issues, coercions)
+    if lf.head(1).collect().height == 0:
+        issues.append(_issue(source, None, "no_data_rows", "a header but no data rows"))
+    return _FileRead(
+        out.select([pl.col(c).cast(t) for c, t in RAW_SCHEMA.items()]), issues, coercions
+    )
+
+
+def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
+    """Read every ``[[survey]]`` source of the study into one raw long table.
+
+    Parameters
+    ----------
+    spec
+        The study spec; paths and globs are resolved against its folder.
+    library
+        The study's instruments; in wide/qualtrics files their item ids (and any column
+        that looks like an item id) are melted.
+
+    Returns
+    -------
+    RawSurvey
+        ``rows`` is lazy: files are scanned when it is collected (CSV/Parquet), except
+        .sav/.dta, which pyreadstat reads eagerly.
+
+    Raises
+    ------
+    IngestError
+        A missing file, a glob that matches nothing, an unknown format, a file without a
+        participant id or wave column, duplicate column names. Empty files and files with
+        a header only are *not* errors: they are reported in ``file_issues``.
+    """
+    frames: list[pl.LazyFrame] = []
+    issues: list[dict[str, object]] = []
+    coercions: list[dict[str, object]] = []
+    files: list[str] = []
+    for survey in spec.survey:
+        for path in expand_paths(spec, survey.path):
+            got = _read_one(spec, survey, path, library)
+            files.append(_display(spec, path))
+            issues += got.issues
+            coercions += got.coercions
+            if got.rows is not None:
+                frames.append(got.rows)
+    rows = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=RAW_SCHEMA)
+    return RawSurvey(
+        rows=rows,
+        file_issues=pl.DataFrame(issues, schema=FILE_ISSUE_SCHEMA),
+        coercions=pl.DataFrame(coercions, schema=COERCION_SCHEMA),
+        files=files,
+    )
+
+
+def read_participants(spec: StudySpec) -> pl.DataFrame:
+    """Read the participants table: all columns as text, canonical names.
+
+    ``[participants] id_column``, ``arm_column`` and ``cluster_column`` are renamed to
+    ``participant_id``, ``arm`` and ``cluster``; header whitespace and whitespace around
+    ids are stripped; other columns (covariates) are kept as given.
+
+    Raises
+    ------
+    IngestError
+        Missing or empty file, missing id/arm column, blank or repeated participant ids
+        (a participants table that cannot be joined unambiguously is unusable).
+    """
+    p = spec.participants
+    path = expand_paths(spec, p.path)
+    if len(path) != 1:
+        raise IngestError(spec.resolve(p.path), "participants must be one file, not a glob")
+    lf = _scan_file(path[0], _format_of(path[0], p.format), 1)
+    if lf is None:
+        raise IngestError(path[0], "the participants file is empty")
+    renames = {p.id_column: "participant_id", p.arm_column: "arm"}
+    if p.cluster_column is not None:
+        renames[p.cluster_column] = "cluster"
+    lf, origin, _ = _normalise_header(lf, _display(spec, path[0]), path[0], renames)
+    for key, col in (("id_column", p.id_column), ("arm_column", p.arm_column)):
+        if renames[col] not in origin:
+            raise IngestError(path[0], f"no column '{col}' ([participants] {key})")
+    if p.cluster_column is not None and "cluster" not in origin:
+        raise IngestError(
+            path[0], f"no column '{p.cluster_column}' ([participants] cluster_column)"
+        )
+    df = lf.drop(_ROW).with_columns(pl.col("participant_id").str.strip_chars()).collect()
+    first = ["participant_id", "arm"] + (["cluster"] if "cluster" in origin else [])
+    df = df.select(first + [c for c in df.columns if c not in first])
+    blank = df.filter(pl.col("participant_id").is_null() | (pl.col("participant_id") == ""))
+    if blank.height:
+        raise IngestError(path[0], f"{blank.height} row(s) without a participant id")
+    dups = df.filter(pl.col("participant_id").is_duplicated())["participant_id"].unique()
+    if dups.len():
+        raise IngestError(
+            path[0], f"participant ids repeat: {sorted(dups.to_list())[:5]} ({dups.len()} ids)"
+        )
+    return df

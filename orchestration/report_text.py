@@ -1,0 +1,122 @@
+"""Plain-text summaries that the CLI prints (read from a study's outputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from orchestration.spec import StudySpec
+
+
+def _rule(title: str) -> str:
+    return f"\n{title}\n{'-' * len(title)}"
+
+
+def format_validation_summary(summary: object, file_issues: pl.DataFrame | None, out: Path) -> str:
+    """Counts in, accepted, quarantined (by reason) and coerced (by kind), and where they went."""
+    d = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)  # type: ignore[call-overload]
+    lines = [_rule("Validation"),
+             f"rows in:      {d['rows_in']:>12,}",
+             f"accepted:     {d['accepted']:>12,}  -> {out / 'responses.parquet'}",
+             f"quarantined:  {d['quarantined']:>12,}  -> {out / 'quarantine.csv'}"]
+    by_reason = d.get("by_reason") or {}
+    for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {reason:<26}{n:>10,}")
+    coerced = d.get("coerced") or {}
+    if coerced:
+        lines.append("coerced (accepted after an explicit, reported fix):")
+        for kind, n in sorted(coerced.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {kind:<26}{n:>10,}")
+    if file_issues is not None and file_issues.height:
+        lines.append("file issues:")
+        for row in file_issues.iter_rows(named=True):
+            lines.append(f"  {row['source']}: {row['reason']}")
+    identifiers = d.get("identifiers_dropped") or []
+    for item in identifiers:
+        lines.append(f"direct identifier dropped: column '{item['column']}' ({item['kind']})")
+    ok = d["rows_in"] == d["accepted"] + d["quarantined"]
+    lines.append(f"row accounting: {d['rows_in']:,} = {d['accepted']:,} + {d['quarantined']:,}"
+                 f" {'(adds up)' if ok else '(DOES NOT ADD UP)'}")
+    return "\n".join(lines)
+
+
+def _scores_by_arm(out: Path) -> str:
+    scores = out / "scores.parquet"
+    parts = out / "participants.parquet"
+    if not (scores.exists() and parts.exists()):
+        return ""
+    table = (
+        pl.scan_parquet(scores)
+        .join(pl.scan_parquet(parts).select("participant_id", "arm"), on="participant_id")
+        .filter(pl.col("scale").is_in(["total", "flourish_index"]))
+        .group_by("instrument", "scale", "arm", "wave")
+        .agg(pl.col("score").mean().round(2).alias("mean"), pl.col("score").count().alias("n"))
+        .collect()
+        .sort("instrument", "scale", "arm", "wave")
+    )
+    lines = [_rule("Mean scores by arm and wave")]
+    for (inst, scale), grp in table.group_by(["instrument", "scale"], maintain_order=True):
+        wide = grp.pivot(on="wave", index="arm", values="mean", sort_columns=True)
+        lines.append(f"{inst}.{scale}")
+        lines.append("  " + "arm".ljust(12) + "".join(f"w{c:>7}" for c in wide.columns[1:]))
+        for row in wide.iter_rows():
+            lines.append("  " + str(row[0]).ljust(12)
+                         + "".join(f"{v:>8.2f}" if v is not None else "       -" for v in row[1:]))
+    return "\n".join(lines)
+
+
+def _effects(out: Path) -> str:
+    path = out / "effects.parquet"
+    if not path.exists():
+        return ""
+    eff = pl.read_parquet(path).filter(pl.col("role") != "exploratory")
+    lines = [_rule("Trial effects (pre-registered)")]
+    for r in eff.iter_rows(named=True):
+        flag = f"  [{r['flag']}]" if r.get("flag") else ""
+        padj = r.get("p_adjusted")
+        lines.append(
+            f"  {r['hypothesis']:<5}{r['role']:<10}{r['instrument']}.{r['scale']:<30}"
+            f"{r['estimate']:>8.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            f"  p_adj={padj if padj is None else f'{padj:.3g}'}  {r['plan_status']}{flag}"
+        )
+    return "\n".join(lines)
+
+
+def _posterior(out: Path) -> str:
+    path = out / "posterior.parquet"
+    if not path.exists():
+        return ""
+    post = pl.read_parquet(path).filter(pl.col("parameter").str.contains("slope_effect"))
+    lines = [_rule("Bayesian growth (effect on the slope per wave)")]
+    for r in post.iter_rows(named=True):
+        lines.append(
+            f"  {r['hypothesis']:<14}{r['parameter']:<28}{r['mean']:>8.3f} "
+            f"[{r['hdi_low']:.3f}, {r['hdi_high']:.3f}]  P(>0)={r['prob_positive']:.3f}"
+            f"  gate={r['gate']}"
+        )
+    return "\n".join(lines)
+
+
+def format_run_summary(spec: StudySpec, *, success: bool, failed_steps: list[str]) -> str:
+    """The end-of-run summary: counts, quarantine, means by arm and wave, results, paths."""
+    out = spec.output_path
+    parts = [f"\nStudy: {spec.name}  ({'ok' if success else 'FAILED'})"]
+    if failed_steps:
+        parts.append("failed steps: " + ", ".join(failed_steps))
+    summary_path = out / "validation_summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        issues = pl.DataFrame(summary.get("file_issues") or [],
+                              schema={"source": pl.String, "reason": pl.String})
+        parts.append(format_validation_summary(summary, issues, out))
+    for section in (_scores_by_arm(out), _effects(out), _posterior(out)):
+        if section:
+            parts.append(section)
+    report = out / "report" / "index.html"
+    parts.append(_rule("Outputs"))
+    parts.append(f"  {out}")
+    if report.exists():
+        parts.append(f"  public report (DP releases only): {report}")
+    return "\n".join(parts)

@@ -1,0 +1,237 @@
+"""The study spec: one ``study.toml`` describing a study's files, instruments and budget.
+
+The spec is validated strictly on load (unknown keys are errors, types are not coerced)
+so that a typo such as ``layuot = "wide"`` is reported instead of silently ignored.
+Every path in the spec is relative to the spec file's folder (``StudySpec.base_dir``).
+Keys are those of ``DESIGN.md`` (public) plus those pinned in ``docs/contracts.md``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+SurveyLayout = Literal["long", "wide", "qualtrics"]
+FileFormat = Literal["csv", "parquet", "sav", "dta"]
+
+#: Canonical column names a ``[survey.columns]`` rename may target besides item ids.
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "participant_id",
+    "wave",
+    "timestamp",
+    "instrument",
+    "item",
+    "value",
+)
+
+DEFAULT_LEDGER_NAME = "privacy_ledger.sqlite"
+
+
+class StudySpecError(ValueError):
+    """The study spec is unusable; names the file and the dotted key (``survey.0.layout``).
+
+    ``key`` is ``"<file>"`` when the file cannot be read and ``"<syntax>"`` for TOML
+    syntax errors.
+    """
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.message = message
+        super().__init__(f"{file}: key '{key}': {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ParticipantsSpec(_Strict):
+    """``[participants]``: one row per participant; columns renamed to the canonical names."""
+
+    path: str
+    format: FileFormat | None = None
+    id_column: str = "participant_id"
+    arm_column: str = "arm"
+    cluster_column: str | None = None
+
+
+class SurveySpec(_Strict):
+    """One ``[[survey]]`` source: a file or glob in one layout.
+
+    ``wave`` (a constant for every row of the file) and ``wave_column`` are mutually
+    exclusive; with neither, the column ``wave`` is read. ``columns`` renames source
+    columns (after header whitespace is stripped) to a canonical name
+    (:data:`CANONICAL_COLUMNS`) or an item id — this is how a Qualtrics export's
+    ``Q3_1`` or ``ExternalReference`` is mapped.
+    """
+
+    path: str
+    layout: SurveyLayout = "long"
+    instruments: list[str] = Field(default_factory=list)
+    format: FileFormat | None = None
+    wave: int | None = Field(default=None, ge=0)
+    wave_column: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> SurveySpec:
+        if self.wave is not None and self.wave_column is not None:
+            raise ValueError("give either 'wave' (a constant) or 'wave_column', not both")
+        targets = list(self.columns.values())
+        dup = sorted({t for t in targets if targets.count(t) > 1})
+        if dup:
+            raise ValueError(f"several source columns are renamed to {dup}")
+        return self
+
+
+class InstrumentsSpec(_Strict):
+    """``[instruments]``: folders of the study's own instrument definition files."""
+
+    paths: list[str] = Field(default_factory=list)
+
+
+class TelemetrySpec(_Strict):
+    """``[telemetry]``: product events; engagement features per participant × wave window."""
+
+    path: str
+    format: FileFormat | None = None
+    window_days: int = Field(default=28, gt=0)
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+
+
+class AnalysisSpec(_Strict):
+    """``[analysis]``: the pre-registered analysis plan."""
+
+    plan: str
+
+
+class PrivacySpec(_Strict):
+    """``[privacy]``: total ε of the study's public releases and where the ledger lives.
+
+    ``pseudonym_key_env`` and ``pseudonym_key_file`` are alternative sources of the
+    HMAC key for participant ids and are mutually exclusive.
+    """
+
+    epsilon: float = Field(gt=0)
+    ledger: str | None = None
+    pseudonym_key_env: str | None = None
+    pseudonym_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacySpec:
+        if self.pseudonym_key_env is not None and self.pseudonym_key_file is not None:
+            raise ValueError("give either 'pseudonym_key_env' or 'pseudonym_key_file', not both")
+        return self
+
+
+class StudySpec(_Strict):
+    """A validated ``study.toml``.
+
+    Use :func:`load_study_spec`; paths are kept as written and resolved against
+    :attr:`base_dir` by :meth:`resolve`.
+    """
+
+    name: str
+    output_dir: str = "out"
+    participants: ParticipantsSpec
+    survey: list[SurveySpec] = Field(min_length=1)
+    instruments: InstrumentsSpec = Field(default_factory=InstrumentsSpec)
+    telemetry: TelemetrySpec | None = None
+    analysis: AnalysisSpec | None = None
+    privacy: PrivacySpec | None = None
+
+    _spec_path: Path = PrivateAttr(default_factory=lambda: Path("study.toml").absolute())
+
+    @property
+    def spec_path(self) -> Path:
+        """Absolute path of the ``study.toml`` this spec was loaded from."""
+        return self._spec_path
+
+    @property
+    def base_dir(self) -> Path:
+        """Absolute folder of the spec file; every relative path is resolved against it."""
+        return self._spec_path.parent
+
+    def resolve(self, path: str | Path) -> Path:
+        """Absolute path of ``path`` (relative to :attr:`base_dir` unless absolute)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def output_path(self) -> Path:
+        """Absolute output folder (``output_dir``)."""
+        return self.resolve(self.output_dir)
+
+    @property
+    def ledger_path(self) -> Path:
+        """Absolute path of the study's privacy-budget ledger.
+
+        ``[privacy] ledger`` or ``privacy_ledger.sqlite`` beside study.toml — never inside
+        ``output_dir``, so deleting outputs keeps the budget.
+        """
+        if self.privacy is not None and self.privacy.ledger is not None:
+            return self.resolve(self.privacy.ledger)
+        return self.base_dir / DEFAULT_LEDGER_NAME
+
+    @property
+    def instrument_dirs(self) -> list[Path]:
+        """Absolute folders of the study's own instruments (``[instruments] paths``)."""
+        return [self.resolve(p) for p in self.instruments.paths]
+
+    @property
+    def instrument_ids(self) -> list[str]:
+        """Instrument ids named by the surveys, in first-mention order, without repeats."""
+        return list(dict.fromkeys(i for s in self.survey for i in s.instruments))
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    # pydantic adds the model/union tag to a loc for tagged unions; none here, keep all parts.
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def load_study_spec(path: Path | str) -> StudySpec:
+    """Load and validate a ``study.toml``.
+
+    Parameters
+    ----------
+    path
+        The spec file; relative paths inside it are resolved against its folder.
+
+    Returns
+    -------
+    StudySpec
+        The validated spec, remembering its own absolute location.
+
+    Raises
+    ------
+    StudySpecError
+        When the file is missing or unreadable (key ``<file>``), is not valid TOML
+        (key ``<syntax>``), or a key is unknown, missing or of the wrong type (the dotted
+        key, e.g. ``survey.0.layout``; the message says how many other keys are wrong).
+    """
+    path = Path(path).expanduser().absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudySpecError(path, "<file>", "study spec not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudySpecError(path, "<file>", f"cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudySpecError(path, "<syntax>", str(exc)) from None
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        if len(errors) > 1:
+            others = ", ".join(_dotted(e["loc"]) for e in errors[1:])
+            msg += f" (and {len(errors) - 1} more: {others})"
+        raise StudySpecError(path, _dotted(first["loc"]), msg) from None
+    spec._spec_path = path
+    return spec

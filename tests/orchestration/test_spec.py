@@ -1,0 +1,180 @@
+from pathlib import Path
+
+import pytest
+
+from orchestration.spec import StudySpec, StudySpecError, load_study_spec
+
+MINIMAL = """
+name = "Example trial"
+output_dir = "out"
+
+[participants]
+path = "participants.csv"
+
+[[survey]]
+path = "survey/*.csv"
+layout = "long"
+instruments = ["who5"]
+"""
+
+FULL = """
+name = "Full"
+output_dir = "results/run1"
+
+[instruments]
+paths = ["my_instruments"]
+
+[participants]
+path = "people.parquet"
+format = "parquet"
+id_column = "person"
+arm_column = "group"
+cluster_column = "site"
+
+[[survey]]
+path = "baseline.csv"
+layout = "qualtrics"
+instruments = ["who5"]
+wave = 0
+[survey.columns]
+ExternalReference = "participant_id"
+RecordedDate = "timestamp"
+Q1_1 = "who5_1"
+
+[[survey]]
+path = "followup/*.sav"
+layout = "wide"
+wave_column = "visit"
+
+[telemetry]
+path = "telemetry/*.parquet"
+window_days = 14
+session_gap_minutes = 20
+
+[analysis]
+plan = "analysis_plan.yaml"
+
+[privacy]
+epsilon = 3.0
+ledger = "budget/ledger.sqlite"
+pseudonym_key_env = "MY_KEY"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_minimal_spec_defaults_and_paths(tmp_path):
+    spec = load_study_spec(write(tmp_path, MINIMAL))
+    assert isinstance(spec, StudySpec)
+    assert spec.base_dir == tmp_path.absolute()
+    assert spec.output_path == tmp_path.absolute() / "out"
+    assert spec.output_path.is_absolute()
+    # DESIGN.md: the ledger lives beside study.toml unless the spec names another path
+    assert spec.ledger_path == tmp_path.absolute() / "privacy_ledger.sqlite"
+    assert spec.instrument_dirs == []
+    assert spec.survey[0].layout == "long"
+    assert spec.survey[0].wave is None and spec.survey[0].wave_column is None
+    assert spec.resolve("a/b.csv") == tmp_path.absolute() / "a" / "b.csv"
+    assert spec.resolve("/abs/x.csv") == Path("/abs/x.csv")
+    assert spec.participants.id_column == "participant_id"
+    assert spec.telemetry is None and spec.privacy is None
+
+
+def test_full_spec(tmp_path):
+    spec = load_study_spec(write(tmp_path, FULL))
+    assert spec.instrument_dirs == [tmp_path.absolute() / "my_instruments"]
+    assert spec.participants.cluster_column == "site"
+    q, w = spec.survey
+    assert q.wave == 0 and q.columns["Q1_1"] == "who5_1" and q.layout == "qualtrics"
+    assert w.wave_column == "visit"
+    assert spec.telemetry.window_days == 14 and spec.telemetry.session_gap_minutes == 20
+    assert spec.ledger_path == tmp_path.absolute() / "budget" / "ledger.sqlite"
+    assert spec.privacy.pseudonym_key_env == "MY_KEY"
+    assert spec.output_path == tmp_path.absolute() / "results" / "run1"
+    assert spec.instrument_ids == ["who5"]
+
+
+def test_relative_spec_path_is_made_absolute(tmp_path, monkeypatch):
+    write(tmp_path, MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    spec = load_study_spec("study.toml")
+    assert spec.spec_path == tmp_path.absolute() / "study.toml"
+    assert spec.output_path.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        (MINIMAL.replace('layout = "long"', 'layuot = "long"'), "survey.0.layuot", "unknown key"),
+        (MINIMAL.replace('layout = "long"', 'layout = "tall"'), "survey.0.layout", "long"),
+        ("surprise = 1\n" + MINIMAL, "surprise", "unknown key"),
+        (MINIMAL + "\nsurprise = 1\n", "survey.0.surprise", "unknown key"),
+        (MINIMAL.replace('path = "participants.csv"', 'file = "p.csv"'), "participants.path", ""),
+        (MINIMAL.replace('name = "Example trial"', "name = 3"), "name", "string"),
+        (MINIMAL + "\n[privacy]\nepsilon = -1.0\n", "privacy.epsilon", "greater than 0"),
+        (MINIMAL + '\n[privacy]\nepsilon = "3"\n', "privacy.epsilon", "number"),
+        (
+            MINIMAL.replace('layout = "long"', 'layout = "long"\nwave = 1\nwave_column = "w"'),
+            "survey.0",
+            "not both",
+        ),
+        (MINIMAL.replace('layout = "long"', 'layout = "long"\nwave = -1'), "survey.0.wave", ""),
+        (
+            MINIMAL + '\n[privacy]\nepsilon = 1.0\npseudonym_key_env = "A"\n'
+            'pseudonym_key_file = "k"\n',
+            "privacy",
+            "not both",
+        ),
+        (
+            MINIMAL + '\n[telemetry]\npath = "t.parquet"\nwindow_days = 0\n',
+            "telemetry.window_days",
+            "",
+        ),
+        (MINIMAL + '\n[instruments]\npaths = "x"\n', "instruments.paths", "list"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, text, key, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(path)
+    assert err.value.key == key
+    assert err.value.file == str(path.absolute())
+    assert fragment in err.value.message
+    assert str(path.absolute()) in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_survey_list_must_not_be_empty(tmp_path):
+    text = 'name = "x"\nsurvey = []\n[participants]\npath = "p.csv"\n'
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(write(tmp_path, text))
+    assert err.value.key == "survey"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(tmp_path / "nope.toml")
+    assert err.value.key == "<file>" and "nope.toml" in err.value.file
+
+
+def test_toml_syntax_error(tmp_path):
+    path = write(tmp_path, 'name = "x\n[participants]\n')
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(path)
+    assert err.value.key == "<syntax>" and err.value.file == str(path.absolute())
+
+
+def test_several_errors_are_counted(tmp_path):
+    text = MINIMAL.replace('layout = "long"', 'layout = "tall"\ncolour = 1')
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(write(tmp_path, text))
+    assert "1 more" in err.value.message
+
+
+def test_spec_is_frozen(tmp_path):
+    spec = load_study_spec(write(tmp_path, MINIMAL))
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        spec.name = "other"
