@@ -28,6 +28,15 @@ pages = {
     "Study": [
         st.Page(HERE / "overview.py", title="Overview", default=True),
         st.Page(HERE / "data_quality.py", title="Data quality"),
+        st.Page(HERE / "instruments_page.py", title="Instruments"),
+    ],
+    "Analysis": [
+        st.Page(HERE / "trial_results.py", title="Trial results"),
+        st.Page(HERE / "bayesian.py", title="Bayesian"),
+        st.Page(HERE / "engagement.py", title="Engagement vs wellbeing"),
+    ],
+    "Public": [
+        st.Page(HERE / "privacy_page.py", title="Privacy"),
     ],
 }
 st.navigation(pages).run()

@@ -124,3 +124,38 @@ def compute_quarantine_by_reason(quarantine: pl.DataFrame) -> pl.DataFrame:
         quarantine.group_by("reason", "source").agg(pl.len().alias("rows"))
         .sort("rows", descending=True)
     )
+
+
+def load_posterior_draws(path: Path, parameter: str = "slope_effect") -> pl.DataFrame | None:
+    """All posterior draws of one parameter (column ``value``) from an ArviZ netCDF file."""
+    if not path.exists():
+        return None
+    import arviz as az
+
+    idata = az.from_netcdf(path)
+    if parameter not in idata.posterior:
+        return None
+    return pl.DataFrame({"value": idata.posterior[parameter].values.ravel()})
+
+
+def compute_raw_country_slopes(outputs: StudyOutputs, outcome: str = "who5.total") -> pl.DataFrame | None:
+    """Unpooled per-country slope effect: OLS slope of score on wave, treatment − control.
+
+    The "raw" side of the shrinkage plot: what each country's data say on their own.
+    """
+    panel = outputs.table("panel")
+    if panel is None or "country" not in panel.columns:
+        return None
+    inst, scale = outcome.split(".", 1)
+    slopes = (
+        panel.filter((pl.col("instrument") == inst) & (pl.col("scale") == scale))
+        .drop_nulls("score")
+        .group_by("country", "arm")
+        .agg((pl.cov("wave", "score") / pl.col("wave").var()).alias("slope"))
+    )
+    return (
+        slopes.pivot(on="arm", index="country", values="slope")
+        .select("country", (pl.col("treatment") - pl.col("control")).alias("raw_estimate"))
+        if {"treatment", "control"} <= set(slopes["arm"].unique().to_list())
+        else None
+    )

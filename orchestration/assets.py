@@ -1,6 +1,5 @@
 """Dagster assets: each a few lines calling one pipeline step (``orchestration/pipeline.py``)."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

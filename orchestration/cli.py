@@ -87,6 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     config = DemoStudyConfig(n_participants=args.participants, seed=args.seed)
     demo = write_demo_study(out, config)
+    from models.plan import lock_plan
+
+    lock_plan(demo.plan_path, outcome_rows=0)  # sealed before any outcome is analysed
     print(f"demo study written to {out} ({args.participants} participants, seed {args.seed})")
     outcome = run_study(demo.study_path, progress=not args.quiet)
     print(outcome.summary_text)

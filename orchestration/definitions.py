@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration import assets as foundation_assets
+from orchestration import assets_analysis
 from orchestration.resources import build_resources
 from orchestration.spec import load_study_spec
 
@@ -37,7 +38,7 @@ def _survey_fingerprint(spec_path: Path) -> str:
 
 def asset_modules() -> list[object]:
     """The modules whose assets and checks make up a study's pipeline."""
-    mods: list[object] = [foundation_assets]
+    mods: list[object] = [foundation_assets, assets_analysis]
     return mods
 
 

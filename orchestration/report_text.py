@@ -23,12 +23,14 @@ def format_validation_summary(summary: object, file_issues: pl.DataFrame | None,
              f"quarantined:  {d['quarantined']:>12,}  -> {out / 'quarantine.csv'}"]
     by_reason = d.get("by_reason") or {}
     for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {reason:<26}{n:>10,}")
-    coerced = d.get("coerced") or {}
-    if coerced:
+        if n:
+            lines.append(f"  {reason:<26}{n:>10,}")
+    coerced = d.get("coerced_by_kind") or d.get("coerced") or {}
+    if any(coerced.values()):
         lines.append("coerced (accepted after an explicit, reported fix):")
         for kind, n in sorted(coerced.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {kind:<26}{n:>10,}")
+            if n:
+                lines.append(f"  {kind:<26}{n:>10,}")
     if file_issues is not None and file_issues.height:
         lines.append("file issues:")
         for row in file_issues.iter_rows(named=True):
@@ -60,7 +62,7 @@ def _scores_by_arm(out: Path) -> str:
     for (inst, scale), grp in table.group_by(["instrument", "scale"], maintain_order=True):
         wide = grp.pivot(on="wave", index="arm", values="mean", sort_columns=True)
         lines.append(f"{inst}.{scale}")
-        lines.append("  " + "arm".ljust(12) + "".join(f"w{c:>7}" for c in wide.columns[1:]))
+        lines.append("  " + "arm".ljust(12) + "".join(f"{'w' + c:>8}" for c in wide.columns[1:]))
         for row in wide.iter_rows():
             lines.append("  " + str(row[0]).ljust(12)
                          + "".join(f"{v:>8.2f}" if v is not None else "       -" for v in row[1:]))
@@ -73,13 +75,17 @@ def _effects(out: Path) -> str:
         return ""
     eff = pl.read_parquet(path).filter(pl.col("role") != "exploratory")
     lines = [_rule("Trial effects (pre-registered)")]
+
+    def num(v: object, fmt: str = ".2f") -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in eff.iter_rows(named=True):
         flag = f"  [{r['flag']}]" if r.get("flag") else ""
-        padj = r.get("p_adjusted")
+        outcome = f"{r['instrument']}.{r['scale']}"
         lines.append(
-            f"  {r['hypothesis']:<5}{r['role']:<10}{r['instrument']}.{r['scale']:<30}"
-            f"{r['estimate']:>8.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-            f"  p_adj={padj if padj is None else f'{padj:.3g}'}  {r['plan_status']}{flag}"
+            f"  {r['hypothesis']:<5}{r['role']:<10}{r['method']:<13}{outcome:<42}"
+            f"{num(r['estimate']):>8} [{num(r['ci_low'])}, {num(r['ci_high'])}]"
+            f"  p_adj={num(r.get('p_adjusted'), '.3g')}  {r['plan_status']}{flag}"
         )
     return "\n".join(lines)
 
@@ -88,11 +94,14 @@ def _posterior(out: Path) -> str:
     path = out / "posterior.parquet"
     if not path.exists():
         return ""
-    post = pl.read_parquet(path).filter(pl.col("parameter").str.contains("slope_effect"))
+    post = pl.read_parquet(path).filter(pl.col("parameter") == "slope_effect")
     lines = [_rule("Bayesian growth (effect on the slope per wave)")]
     for r in post.iter_rows(named=True):
+        if r["gate"] != "pass" or r["mean"] is None:
+            lines.append(f"  {r['hypothesis']:<6}{r['parameter']:<16} FAILED the diagnostics gate")
+            continue
         lines.append(
-            f"  {r['hypothesis']:<14}{r['parameter']:<28}{r['mean']:>8.3f} "
+            f"  {r['hypothesis']:<6}{r['parameter']:<16}{r['mean']:>8.3f} "
             f"[{r['hdi_low']:.3f}, {r['hdi_high']:.3f}]  P(>0)={r['prob_positive']:.3f}"
             f"  gate={r['gate']}"
         )

@@ -27,9 +27,9 @@ else:
 
 for issue in summary.get("file_issues") or []:
     st.warning(f"{issue['source']}: {issue['reason']}")
-if summary.get("coerced"):
+if summary.get("coerced_by_kind"):
     st.caption("Coerced (accepted after an explicit, reported fix): " + ", ".join(
-        f"{k}: {v:,}" for k, v in summary["coerced"].items()))
+        f"{k}: {v:,}" for k, v in summary["coerced_by_kind"].items()))
 
 if quarantine.height == 0:
     st.success("No rows were quarantined.")

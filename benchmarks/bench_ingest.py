@@ -1,0 +1,74 @@
+"""Ingest + validate + score of N participants × 6 waves × 17 items (WHO-5 + Flourish-12).
+
+The floor, measured in the same run on the same file: a bare polars scan of the Parquet file
+plus a group_by mean. The workload is the pipeline's own path: read (long Parquet layout),
+pseudonymise, validate (pandera schema + polars reasons), score every scale.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(n_participants: int = 200_000, waves: int = 6, seed: int = 1) -> dict:
+    """Time the ingest path against the floor; returns a JSON-able dict."""
+    from orchestration import pipeline
+    from orchestration.demo import DemoStudyConfig, simulate_study_frames
+
+    tmp = Path(tempfile.mkdtemp(prefix="flourish-bench-ingest-"))
+    sim = simulate_study_frames(DemoStudyConfig(n_participants=n_participants, waves=waves,
+                                                seed=seed, telemetry=False))
+    (tmp / "survey").mkdir()
+    responses = sim.responses.with_columns(pl.col("value").cast(pl.String),
+                                           pl.col("wave").cast(pl.String),
+                                           pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    responses.write_parquet(tmp / "survey" / "responses.parquet")
+    sim.participants.write_csv(tmp / "participants.csv")
+    n_rows = responses.height
+    del sim, responses
+    (tmp / "study.toml").write_text(
+        'name = "bench"\noutput_dir = "out"\n[participants]\npath = "participants.csv"\n'
+        '[[survey]]\npath = "survey/*.parquet"\nlayout = "long"\n'
+        'instruments = ["who5", "flourish12"]\n'
+    )
+    (tmp / "pseudonym.key").write_text("0" * 64)
+    rss_before = _peak_mib()
+
+    t0 = time.perf_counter()
+    floor = (pl.scan_parquet(tmp / "survey" / "responses.parquet")
+             .group_by("item").agg(pl.col("value").cast(pl.Int16).mean()).collect())
+    floor_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    study = pipeline.load_study(tmp / "study.toml")
+    ingest = pipeline.ingest_study(study)
+    t_validate = time.perf_counter() - t0
+    scores = pipeline.score_study(study, ingest.validation.responses)
+    wall = time.perf_counter() - t0
+    summary = ingest.validation.summary
+    return {
+        "n_participants": n_participants,
+        "waves": waves,
+        "item_rows": n_rows,
+        "floor_s": round(floor_s, 3),
+        "floor_groups": floor.height,
+        "ingest_validate_s": round(t_validate, 3),
+        "score_s": round(wall - t_validate, 3),
+        "wall_s": round(wall, 3),
+        "rows_per_s": round(n_rows / wall),
+        "ratio_to_floor": round(wall / floor_s, 2),
+        "accepted": summary.accepted,
+        "quarantined": summary.quarantined,
+        "score_rows": scores.height,
+        "peak_rss_before_workload_mib": round(rss_before, 1),
+        "targets": {"ratio_to_floor": 3.0, "peak_rss_gib": 8.0},
+    }

@@ -1,0 +1,98 @@
+"""The `flourish` CLI: exit codes, messages without tracebacks, dirty input fully reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from orchestration.cli import main
+
+
+def _flourish(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_missing_spec_is_a_clear_error_without_traceback(tmp_path: Path) -> None:
+    proc = _flourish("validate", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 2
+    assert "nope.toml" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_bad_spec_key_is_named(tmp_path: Path) -> None:
+    spec = tmp_path / "study.toml"
+    spec.write_text('name = "x"\n[participants]\npath = "p.csv"\n[[survey]]\npath = "s.csv"\n'
+                    'layout = "sideways"\n')
+    proc = _flourish("validate", str(spec))
+    assert proc.returncode == 2
+    assert "survey.0.layout" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_instruments_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["instruments", "list"]) == 0
+    listing = capsys.readouterr().out
+    for inst in ("who5", "flourish12", "swls", "dfs", "perma"):
+        assert inst in listing
+    assert main(["instruments", "show", "who5"]) == 0
+    assert "likely_depression" in capsys.readouterr().out
+    assert main(["instruments", "show", "nope"]) == 2
+
+
+@pytest.fixture(scope="module")
+def dirty_study(tmp_path_factory: pytest.TempPathFactory):
+    from orchestration.demo import DemoStudyConfig, write_demo_study
+
+    out = tmp_path_factory.mktemp("dirty")
+    return write_demo_study(out, DemoStudyConfig(n_participants=120, seed=3), dirty=True)
+
+
+def test_dirty_study_every_defect_reported_and_counts_add_up(dirty_study) -> None:
+    proc = _flourish("validate", str(dirty_study.study_path))
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    truth = json.loads(Path(dirty_study.truth_path).read_text())["defects"]
+    out = Path(dirty_study.study_path).parent / "out"
+    summary = json.loads((out / "validation_summary.json").read_text())
+    assert summary["rows_in"] == summary["accepted"] + summary["quarantined"]
+    quarantine = pl.read_parquet(out / "quarantine.parquet")
+    responses = pl.read_parquet(out / "responses.parquet")
+    assert responses.height + quarantine.height == summary["rows_in"]
+    # every defect kind the generator injected shows up under a reason, and the CLI prints it
+    reasons = {r for r, n in summary["by_reason"].items() if n}
+    for reason in ("unknown_item", "out_of_range", "non_integer_value", "non_numeric_value",
+                   "duplicate_conflict", "duplicate_row", "unknown_participant",
+                   "invalid_timestamp", "invalid_wave"):
+        assert reason in reasons, reason
+        assert reason in proc.stdout
+    assert any(i["reason"] in ("empty_file", "no_data_rows") for i in summary["file_issues"])
+    assert summary["coerced_by_kind"]["value_whitespace"] > 0
+    assert truth["injected"]
+
+
+def test_prereg_verify_detects_an_edit_and_effects_mark_it_deviated(demo_run: dict,
+                                                                   tmp_path: Path) -> None:
+    study_dir = tmp_path / "study"
+    shutil.copytree(demo_run["study"].parent, study_dir,
+                    ignore=shutil.ignore_patterns("out", "*.sqlite*"))
+    plan = study_dir / demo_run["plan"].name
+    assert _flourish("prereg", "verify", str(plan)).returncode == 0
+    plan.write_text(plan.read_text().replace("alpha: 0.05", "alpha: 0.1", 1))
+    proc = _flourish("prereg", "verify", str(plan))
+    assert proc.returncode == 4
+    assert "alpha" in proc.stdout
+
+    from orchestration import pipeline
+
+    study = pipeline.load_study(study_dir / "study.toml")
+    out = demo_run["out"]
+    effects = pipeline.fit_effects(study, pl.read_parquet(out / "panel.parquet"),
+                                   pl.read_parquet(out / "participants.parquet"))
+    registered = effects.filter(pl.col("role") != "exploratory")
+    assert set(registered["plan_status"]) == {"deviated"}
