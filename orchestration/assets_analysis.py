@@ -1,5 +1,7 @@
-"""Dagster assets downstream of scoring: trial effects, psychometrics, Bayesian growth,
-telemetry and the public (DP) tier. Each asset is a thin call into ``orchestration.pipeline``.
+"""Dagster assets downstream of scoring.
+
+Trial effects, psychometrics, Bayesian growth, telemetry and the public (DP) tier; each
+asset is a thin call into ``orchestration.pipeline``.
 """
 
 
