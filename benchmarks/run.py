@@ -27,7 +27,7 @@ WORKLOADS: dict[str, dict[str, dict[str, object]]] = {
     "effects": {"full": {"n_participants": 1_000_000}, "quick": {"n_participants": 20_000}},
     "privacy": {"full": {"n_participants": 200_000}, "quick": {"n_participants": 5_000}},
     "reliability": {"full": {"n_participants": 200_000}, "quick": {"n_participants": 5_000}},
-    "growth": {"full": {}, "quick": {"sizes": [2_000]}},
+    "growth": {"full": {}, "quick": {"sizes": [2_000], "latent_participants": 300}},
     "telemetry": {
         "full": {"n_events": 100_000_000, "n_participants": 200_000},
         "quick": {"n_events": 1_000_000, "n_participants": 5_000},

@@ -37,6 +37,7 @@ pages = {
     ],
     "Public": [
         st.Page(HERE / "privacy_page.py", title="Privacy"),
+        st.Page(HERE / "public.py", title="Public results"),
     ],
 }
 st.navigation(pages).run()

@@ -159,3 +159,12 @@ def compute_raw_country_slopes(outputs: StudyOutputs, outcome: str = "who5.total
         if {"treatment", "control"} <= set(slopes["arm"].unique().to_list())
         else None
     )
+
+
+def load_public_releases(folder: Path) -> list:
+    """The DP release objects stored in ``releases/`` (the only input of public views)."""
+    from privacy.release import DPRelease
+
+    if not folder.exists():
+        return []
+    return [DPRelease.from_json(p.read_text()) for p in sorted(folder.glob("*.json"))]

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -219,8 +220,34 @@ def _budget_block(budget: LedgerSummary) -> str:
     )
 
 
+@dataclass(frozen=True)
+class PlanStatusNote:
+    """The analysis plan's seal status, shown in the report (public metadata only)."""
+
+    status: str  # locked | deviated | unregistered
+    sha256: str
+
+
+def _plan_block(note: PlanStatusNote | None) -> str:
+    if note is None:
+        return ""
+    if note.status == "locked":
+        text = (f"The analysis plan was pre-registered and is unchanged since it was sealed "
+                f"(sha256 {html.escape(note.sha256[:16])}…).")
+        return f"<p class='plan plan-locked'>{text}</p>"
+    if note.status == "deviated":
+        text = ("DEVIATION: the analysis plan was changed after it was sealed; these results "
+                f"are not the pre-registered analysis (plan sha256 {html.escape(note.sha256[:16])}…).")
+        return f"<p class='plan plan-deviated' style='color:#b00020;font-weight:bold'>{text}</p>"
+    return "<p class='plan'>The analysis plan was not sealed (not pre-registered).</p>"
+
+
 def render_public_report(
-    releases: Sequence[DPRelease], budget: LedgerSummary, out_dir: Path | str
+    releases: Sequence[DPRelease],
+    budget: LedgerSummary,
+    out_dir: Path | str,
+    *,
+    plan_status: PlanStatusNote | None = None,
 ) -> Path:
     """Write the public report ``out_dir/report/index.html`` from DP releases only.
 
@@ -234,6 +261,9 @@ def render_public_report(
         in it (``ValueError`` otherwise).
     out_dir
         The study's output directory.
+    plan_status
+        Public facts about the analysis plan (its seal status and sha256 — no participant
+        data); a deviated plan is shown prominently, never hidden.
 
     Returns
     -------
@@ -247,6 +277,7 @@ def render_public_report(
         "img-src data:; style-src 'unsafe-inline'\">",
         f"<title>Public report</title><style>{_CSS}</style></head><body>",
         "<h1>Public report: differentially private results</h1>",
+        _plan_block(plan_status),
         _method_statement(budget),
         _budget_block(budget),
     ]

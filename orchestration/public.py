@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dashboards.report import render_public_report
+from dashboards.report import PlanStatusNote, render_public_report
 from orchestration.pipeline import Study, load_plan_for, load_study
 from privacy.ledger import LedgerError, PrivacyLedger
 from privacy.release import (
@@ -66,7 +66,7 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
     out = study.out
     scores = pl.read_parquet(out / "scores.parquet")
     participants = pl.read_parquet(out / "participants.parquet")
-    plan, _ = load_plan_for(study, participants)
+    plan, check = load_plan_for(study, participants)
     arms = sorted(participants["arm"].unique().to_list())
     control = plan.control_arm if plan else arms[0]
     treatment = plan.treatment_arm if plan else arms[-1]
@@ -97,7 +97,8 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
     for rel in suite.releases:
         (releases_dir / f"{rel.kind}-{rel.release_id[:16]}.json").write_text(rel.to_json())
     summary = ledger.summary()
-    report = render_public_report(stored_releases(ledger), summary, out)
+    note = PlanStatusNote(status=check.plan_status, sha256=check.sha256) if check else None
+    report = render_public_report(stored_releases(ledger), summary, out, plan_status=note)
     return ReleaseOutcome(status=suite.status, spent_now=suite.epsilon_spent_now,
                           spent=summary.spent, remaining=summary.remaining,
                           budget=summary.budget, releases=suite.releases, report=report)

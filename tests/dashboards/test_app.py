@@ -16,6 +16,7 @@ PAGES = [
     ("pages/bayesian.py", "Bayesian growth model"),
     ("pages/engagement.py", "Engagement vs wellbeing"),
     ("pages/privacy_page.py", "Privacy"),
+    ("pages/public.py", "Public results (differentially private)"),
 ]
 
 

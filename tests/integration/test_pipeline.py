@@ -77,3 +77,14 @@ def test_divergence_flag_silent_on_plain_demo(demo_run: dict) -> None:
     div = pl.read_parquet(demo_run["out"] / "divergence.parquet")
     assert div.height > 0
     assert not div["flag"].any()
+
+
+def test_invariance_holds_on_the_plain_demo(demo_run: dict) -> None:
+    inv = pl.read_parquet(demo_run["out"] / "invariance.parquet")
+    assert set(inv["level"]) == {"configural", "metric", "scalar"}
+    assert inv["holds"].all(), inv.select("instrument", "level", "cfi", "rmsea", "decision")
+
+
+def test_report_states_the_plan_seal(demo_run: dict) -> None:
+    html = (demo_run["out"] / "report" / "index.html").read_text()
+    assert "pre-registered and is unchanged" in html
