@@ -28,3 +28,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "truth": json.loads(Path(demo.truth_path).read_text()),
         "outcome": outcome,
     }
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest runs app scripts as ``__main__``; put the real one back after each
+    test, or later ``multiprocessing`` spawn children would re-run the dashboard script."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
