@@ -88,3 +88,23 @@ def test_invariance_holds_on_the_plain_demo(demo_run: dict) -> None:
 def test_report_states_the_plan_seal(demo_run: dict) -> None:
     html = (demo_run["out"] / "report" / "index.html").read_text()
     assert "pre-registered and is unchanged" in html
+
+
+def test_posterior_slope_effect_agrees_with_statsmodels_mixedlm(demo_run: dict) -> None:
+    """Issue acceptance: the growth model's slope effect lies within 2 posterior SDs of
+    statsmodels MixedLM's REML estimate on the same demo data."""
+    from models.mixed import MixedModelConfig, fit_mixed_model
+
+    panel = pl.read_parquet(demo_run["out"] / "panel.parquet").filter(
+        (pl.col("instrument") == "who5") & (pl.col("scale") == "total")
+        & pl.col("score").is_not_null()
+    ).with_columns(
+        pl.col("wave").cast(pl.Float64),
+        (pl.col("arm") == "treatment").cast(pl.Float64).alias("treat"),
+    ).with_columns((pl.col("treat") * pl.col("wave")).alias("treat_x_wave"))
+    reml = fit_mixed_model(panel, MixedModelConfig(fixed=("wave", "treat", "treat_x_wave"),
+                                                   engine="statsmodels"))
+    estimate, _ = reml.coefficient("treat_x_wave")
+    post = pl.read_parquet(demo_run["out"] / "posterior.parquet")
+    slope = post.filter(pl.col("parameter") == "slope_effect").row(0, named=True)
+    assert abs(slope["mean"] - estimate) < 2 * slope["sd"], (slope["mean"], slope["sd"], estimate)
