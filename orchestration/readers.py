@@ -34,6 +34,7 @@ from typing import Literal
 import polars as pl
 
 from instruments.definition import InstrumentLibrary
+from instruments.validation import RAW_COLUMNS, RAW_SCHEMA  # noqa: F401 (re-exported)
 from orchestration.spec import FileFormat, StudySpec, SurveySpec
 
 FileIssueReason = Literal["empty_file", "no_data_rows", "no_item_columns", "ignored_column"]
@@ -41,29 +42,7 @@ CoercionKind = Literal["header_whitespace"]
 
 ITEM_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[0-9]+$")
 
-RAW_COLUMNS: tuple[str, ...] = (
-    "source",
-    "row",
-    "participant_id",
-    "wave",
-    "timestamp",
-    "instrument",
-    "item",
-    "value",
-    "column",
-)
-
-RAW_SCHEMA: dict[str, pl.DataType] = {
-    "source": pl.String(),
-    "row": pl.Int64(),
-    "participant_id": pl.String(),
-    "wave": pl.String(),
-    "timestamp": pl.String(),
-    "instrument": pl.String(),
-    "item": pl.String(),
-    "value": pl.String(),
-    "column": pl.String(),
-}
+# The raw long table is defined once, beside the validation that consumes it.
 
 FILE_ISSUE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
