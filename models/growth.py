@@ -158,6 +158,27 @@ def _row_arrays(data: GrowthData) -> dict[str, np.ndarray]:
     return out
 
 
+def _woodbury_terms(s2, d00, d11, d01, k, g01, g11):  # noqa: ANN001, ANN202
+    """``det(M)`` and ``A = M⁻¹D`` for ``M = σ²I + D G`` (2×2, elementwise per cell).
+
+    ``D`` is the random-effects covariance, ``G = Σ z zᵀ`` over a cell's observed waves
+    (``k`` waves, ``g01 = Σt``, ``g11 = Σt²``). Plain arithmetic, so it serves both the
+    PyTensor likelihood graph and the numpy conditional (BLUP) computation.
+    """
+    m00 = s2 + d00 * k + d01 * g01
+    m01 = d00 * g01 + d01 * g11
+    m10 = d01 * k + d11 * g01
+    m11 = s2 + d01 * g01 + d11 * g11
+    det_m = m00 * m11 - m01 * m10
+    return (
+        det_m,
+        (m11 * d00 - m01 * d01) / det_m,
+        (m11 * d01 - m01 * d11) / det_m,
+        (m00 * d01 - m10 * d00) / det_m,
+        (m00 * d11 - m10 * d01) / det_m,
+    )
+
+
 def build_marginal_model(spec: GrowthModelSpec, data: GrowthData) -> pm.Model:
     """Compile the spec to a PyMC model with participant effects integrated out.
 
@@ -195,17 +216,7 @@ def build_marginal_model(spec: GrowthModelSpec, data: GrowthData) -> pm.Model:
         )
         d00, d11, d01 = sd0**2, sd1**2, rho * sd0 * sd1
         s2 = sig**2
-        # M = s2 I + D G  (2x2, per cell)
-        m00 = s2 + d00 * k + d01 * g01
-        m01 = d00 * g01 + d01 * g11
-        m10 = d01 * k + d11 * g01
-        m11 = s2 + d01 * g01 + d11 * g11
-        det_m = m00 * m11 - m01 * m10
-        # A = M^-1 D
-        a00 = (m11 * d00 - m01 * d01) / det_m
-        a01 = (m11 * d01 - m01 * d11) / det_m
-        a10 = (m00 * d01 - m10 * d00) / det_m
-        a11 = (m00 * d11 - m10 * d01) / det_m
+        det_m, a00, a01, a10, a11 = _woodbury_terms(s2, d00, d11, d01, k, g01, g11)
         # h = G gamma; W = Z'SZ = Q - h r' - r h' + n h h'
         h0 = k * gam0 + g01 * gam1
         h1 = g01 * gam0 + g11 * gam1
@@ -1045,15 +1056,7 @@ def compute_conditional_effects(
         gam1 = draws["slope"] + arm * effect
         r0 = blk["s0"].to_numpy()[:, None] - (k * gam0 + g01 * gam1)
         r1 = blk["s1"].to_numpy()[:, None] - (g01 * gam0 + g11 * gam1)
-        m00 = s2 + d00 * k + d01 * g01
-        m01 = d00 * g01 + d01 * g11
-        m10 = d01 * k + d11 * g01
-        m11 = s2 + d01 * g01 + d11 * g11
-        det = m00 * m11 - m01 * m10
-        a00 = (m11 * d00 - m01 * d01) / det
-        a01 = (m11 * d01 - m01 * d11) / det
-        a10 = (m00 * d01 - m10 * d00) / det
-        a11 = (m00 * d11 - m10 * d01) / det
+        _, a00, a01, a10, a11 = _woodbury_terms(s2, d00, d11, d01, k, g01, g11)
         u0 = a00 * r0 + a01 * r1
         u1 = a10 * r0 + a11 * r1
         out["m0"].append(u0.mean(axis=1))
