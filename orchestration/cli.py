@@ -21,12 +21,19 @@ EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE, EXIT_QUARANTINED, EXIT_DEVIATED = 0, 1, 2, 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user's input is wrong" (printed, never traced)."""
+    import polars as pl
+
     from instruments.definition import InstrumentDefinitionError
     from orchestration.readers import IngestError
     from orchestration.spec import StudySpecError
+    from privacy.ledger import LedgerError
+    from privacy.pseudonymise import PseudonymKeyError
 
+    # polars' ComputeError here means an input file polars cannot parse (ragged CSV rows,
+    # not UTF-8); LedgerError a ledger whose budget no longer matches the spec.
     errors: list[type[BaseException]] = [
         InstrumentDefinitionError, IngestError, StudySpecError, FileNotFoundError,
+        LedgerError, PseudonymKeyError, pl.exceptions.ComputeError,
     ]
     try:
         from models.plan import AnalysisPlanError

@@ -85,7 +85,11 @@ def ingest_study(study: Study) -> IngestResult:
     participants, identifiers = drop_direct_identifiers(participants, protect=("participant_id",))
     participants = pseudonymise_ids(participants, "participant_id", key)
     raw = read_surveys(study.spec, study.library)
-    rows = pseudonymise_ids(raw.rows.collect(), "participant_id", key)
+    try:
+        collected = raw.rows.collect()
+    except pl.exceptions.ComputeError as exc:
+        raise _name_unparseable_file(study, raw.files, exc) from None
+    rows = pseudonymise_ids(collected, "participant_id", key)
     validation = validate_responses(rows, participants, study.library)
     if raw.coercions is not None and raw.coercions.height:
         validation = validation.with_coercions(
@@ -97,6 +101,26 @@ def ingest_study(study: Study) -> IngestResult:
         file_issues=raw.file_issues,
         identifiers=identifiers.to_frame(),
     )
+
+
+def _name_unparseable_file(study: Study, files: list[str], exc: Exception) -> Exception:
+    """Name the survey file polars could not parse; polars' own message names no file.
+
+    Runs only on the error path, re-reading each CSV until one fails.
+    """
+    from orchestration.readers import IngestError
+
+    detail = str(exc).strip().splitlines()[0]
+    for name in files:
+        path = study.spec.resolve(name)
+        if path.suffix.lower() != ".csv":
+            continue
+        try:
+            pl.read_csv(path, infer_schema=False)
+        except pl.exceptions.ComputeError as file_exc:
+            first = str(file_exc).strip().splitlines()[0]
+            return IngestError(path, f"cannot parse as CSV: {first}")
+    return IngestError(", ".join(files) or "survey files", f"cannot parse: {detail}")
 
 
 def write_ingest_outputs(study: Study, result: IngestResult) -> dict[str, Path]:

@@ -390,7 +390,11 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
     files: list[str] = []
     for survey in spec.survey:
         for path in expand_paths(spec, survey.path):
-            got = _read_one(spec, survey, path, library)
+            try:
+                got = _read_one(spec, survey, path, library)
+            except pl.exceptions.ComputeError as exc:  # ragged rows, bad encoding, ...
+                detail = str(exc).strip().splitlines()[0]
+                raise IngestError(path, f"cannot parse: {detail}") from None
             files.append(_display(spec, path))
             issues += got.issues
             coercions += got.coercions

@@ -117,3 +117,20 @@ def test_release_is_cached_then_refused_when_the_budget_is_spent(demo_run: dict,
     ledger = _flourish("ledger", spec)
     assert ledger.returncode == 0 and "intact" in ledger.stdout
     assert "left 0" in ledger.stdout
+
+
+def test_unparseable_csv_names_the_file_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "survey").mkdir()
+    (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,control\n")
+    (tmp_path / "survey" / "w0.csv").write_text(
+        "participant_id,wave,timestamp,instrument,item,value\n"
+        "P1,0,,who5,who5_1,3\nP1,0,,who5,who5_2,3,9,9\n"
+    )
+    (tmp_path / "study.toml").write_text(
+        'name = "bad"\n[participants]\npath = "participants.csv"\n[[survey]]\n'
+        'path = "survey/*.csv"\nlayout = "long"\ninstruments = ["who5"]\n'
+    )
+    proc = _flourish("validate", str(tmp_path / "study.toml"))
+    assert proc.returncode == 2
+    assert "w0.csv" in proc.stderr and "cannot parse" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
