@@ -324,7 +324,7 @@ def fit_posteriors(study: Study, panel: pl.DataFrame, participants: pl.DataFrame
         config = GrowthConfig(
             outcome=h.outcome, scale_range=inst.scale_range(scale), hypothesis=h.id, mid=mid,
             treatment_arm=plan.treatment_arm, control_arm=plan.control_arm, groups=groups,
-            chains=4, draws=2000, tune=1500, progress_callback=progress,
+            chains=4, draws=1000, tune=1000, progress_callback=progress,
         )
         result = fit_growth_model(data, config)
         result.write_posterior(study.out / ("posterior.nc" if not frames else f"posterior_{h.id}.nc"))
