@@ -11,10 +11,12 @@ This module
 3. computes engagement features per participant and survey wave over a window before each
    survey response (:func:`compute_engagement_features`).
 
-Everything is a polars query: the accepted events stay a ``LazyFrame`` that a caller can
-``sink_parquet`` without materialising it, and the features are computed with sorts,
-cumulative sums and as-of joins (no Python loop over rows), so 10^8 events fit on one
-machine (see ``benchmarks/bench_telemetry.py``).
+Ingest and validation are polars queries: the accepted events stay a ``LazyFrame`` that a
+caller can ``sink_parquet`` without materialising it. The features read only four compact
+columns of the events in one streaming pass and are then computed with vectorised numpy
+(table look-ups, ``bincount`` and one integer sort; no Python loop over rows), so 10^8
+events take well under a minute and a few GiB on one machine (see
+``benchmarks/bench_telemetry.py``).
 
 Time zone. All times are handled in UTC. Naive timestamps are read as UTC, timestamps with an
 offset are converted to UTC, and "late night" and "calendar day" are UTC notions: a study
@@ -27,11 +29,13 @@ Pseudonymisation of ``participant_id`` is the caller's job (``privacy/``), not t
 from __future__ import annotations
 
 import glob
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 import pandera.polars as pa
 import polars as pl
 
@@ -492,8 +496,11 @@ class EngagementConfig:
         The event types reported in ``events_by_type`` (with zero counts); ``None`` = every
         type seen in the events.
     n_partitions
-        Process participants in this many hash buckets, one after another, to bound memory
-        (each bucket re-scans the events, so use > 1 only for very large inputs).
+        Process participants in this many ranges, one after another, to bound memory: each
+        range reads the events again and holds about 21 bytes per event of its participants
+        in the windows' time span plus 8-16 bytes per (event, window) pair (10^8 events in
+        one range peak at about 5.3 GiB for the whole process). Use > 1 only for inputs
+        larger than memory allows.
     """
 
     window_days: int = 28
@@ -559,222 +566,282 @@ _FEATURE_COLUMNS = (
 )
 
 
-def _late_night(hour: pl.Expr, start: int, end: int) -> pl.Expr:
+_TABLE_CELLS = 1 << 23  # cells of the participant x time-bucket lookup table
+_BATCH_ROWS = 1 << 20  # events per vectorised step of the first pass
+_SLICE_ROWS = 1 << 20  # sorted window events handled per vectorised step
+_KEY_LIMIT = 1 << 62  # packed sort keys stay below this (chunks of windows otherwise)
+_NEVER = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Survey windows in "slots": by participant, then end time, one sentinel per participant.
+
+    Participant ``p``'s windows are slots ``first[p]`` to ``first[p + 1] - 2``, followed by
+    a sentinel slot that ends never. Every window has the same length, so sorting by end
+    also sorts by start: the windows that contain a time ``t`` are one run of slots, from
+    the first window ending after ``t`` on while windows have started by ``t``; the sentinel
+    stops both walks without a bounds check. Times are microseconds since the epoch.
+
+    Attributes
+    ----------
+    e
+        Window end per slot (``_NEVER`` for sentinels); the start is ``e - length``.
+    overlaps
+        The next slot's window starts before this one ends (an event can be in both).
+    key_offset
+        ``key_offset[slot] + t`` is the packed sort key of an event at ``t`` in the window:
+        ``(slot - chunk start) * stride + (t - midnight before the window start)``, so
+        ``key // day`` numbers the window's calendar days consecutively.
+    slot
+        Slot of each window, in the order of the rows it was built from.
+    first
+        First slot of each participant, plus the total number of slots.
+    length, n_days, stride, chunk
+        Window length (us), calendar days a window can touch, key span of one window
+        (``n_days`` days) and slots per sort chunk (so that keys fit an Int64).
+    """
+
+    e: np.ndarray
+    overlaps: np.ndarray
+    key_offset: np.ndarray
+    slot: np.ndarray
+    first: np.ndarray
+    length: int
+    n_days: int
+    stride: int
+    chunk: int
+
+    @classmethod
+    def build(cls, pidx: np.ndarray, e: np.ndarray, n_part: int, window_days: int) -> _Windows:
+        """Slots for windows ending at ``e``, sorted by participant ``pidx``, then by end."""
+        length = window_days * _US_PER_DAY
+        n_days = window_days + 1
+        stride = n_days * _US_PER_DAY
+        chunk = max(1, _KEY_LIMIT // stride)
+        slot = np.arange(pidx.size) + pidx
+        n_slots = pidx.size + n_part
+        first = np.append(np.searchsorted(pidx, np.arange(n_part)), pidx.size)
+        first += np.arange(n_part + 1)
+        e_slot = np.full(n_slots, _NEVER, dtype=np.int64)
+        e_slot[slot] = e
+        overlaps = np.zeros(n_slots, dtype=bool)
+        overlaps[:-1] = e_slot[1:] - length < e_slot[:-1]
+        key_offset = np.zeros(n_slots, dtype=np.int64)
+        key_offset[slot] = slot % chunk * stride - (e - length) // _US_PER_DAY * _US_PER_DAY
+        return cls(e_slot, overlaps, key_offset, slot, first, length, n_days, stride, chunk)
+
+    @property
+    def n_slots(self) -> int:
+        """Number of slots (windows plus one sentinel per participant)."""
+        return int(self.e.size)
+
+
+def _late_mask(ts: np.ndarray, start: int, end: int) -> np.ndarray:
+    hour = ts % _US_PER_DAY // _US_PER_HOUR
     return (hour >= start) & (hour < end) if start < end else (hour >= start) | (hour < end)
 
 
-_KEY_SORT_LIMIT = 2**62
-_TYPE_CHUNK = 8
+def _bucket_table(win: _Windows, t0: int, t1: int) -> tuple[np.ndarray, int, int]:
+    """First candidate slot per (participant, time bucket), flattened.
 
-
-def _sort_pair(frame: pl.DataFrame, major: str, minor: str) -> pl.DataFrame:
-    """Sort by two integer columns (``major`` then ``minor``).
-
-    When ``major * span + (minor - min)`` fits in an Int64 the sort is one integer sort on
-    that key (much faster than polars' multi-column sort, whose row encoding is slow on a
-    busy machine); otherwise the two-column sort is used. Both give the same order.
+    ``cells[p * n_buckets + b]`` is participant ``p``'s first slot whose window does not end
+    in a bucket before ``b``. Every earlier window of ``p`` ends before any time in bucket
+    ``b``, so the search for "the first window ending after ``t``" starts there and steps
+    over the few windows that end inside ``t``'s bucket: no sort of the events and no binary
+    search over all windows.
     """
-    if frame.height == 0:
-        return frame
-    lo, hi = frame[minor].min(), frame[minor].max()
-    span = int(hi) - int(lo) + 1
-    n_major = int(frame[major].max()) + 1
-    if n_major * span < _KEY_SORT_LIMIT:
-        return frame.sort(pl.col(major).cast(pl.Int64) * span + (pl.col(minor) - lo))
-    return frame.sort(major, minor)
+    n_part = win.first.size - 1
+    n_buckets = max(1, min(_TABLE_CELLS // max(n_part, 1), (t1 - t0) // _US_PER_HOUR + 1))
+    width = -(-(t1 - t0) // n_buckets)
+    real = win.e != _NEVER
+    owner = np.repeat(np.arange(n_part), np.diff(win.first))[real]
+    bucket = np.minimum((win.e[real] - t0) // width, n_buckets)  # ending at t1 -> n_buckets
+    counts = np.bincount(
+        owner * (n_buckets + 1) + bucket, minlength=n_part * (n_buckets + 1)
+    ).reshape(n_part, n_buckets + 1)[:, :-1]
+    before = np.cumsum(counts, axis=1) - counts  # windows ending in buckets < b
+    cells = before + win.first[:-1, None]
+    return cells.astype(np.int32 if win.n_slots < 2**31 else np.int64).ravel(), n_buckets, width
 
 
-def _lookup(
-    left: pl.DataFrame,
-    table: pl.DataFrame,
-    at: str,
-    key: str,
-    values: list[str],
-    strategy: Literal["backward", "forward"] = "backward",
-) -> pl.DataFrame:
-    """As-of lookup of ``values`` at time ``at`` within ``key``; rows stay in ``left``'s order.
+def _memberships(
+    p: np.ndarray, ts: np.ndarray, win: _Windows, table: tuple[np.ndarray, int, int], t0: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(event rows, slots) for every window that contains each event (t0 <= ts < t1).
 
-    ``left`` must be sorted by ``at`` within ``key`` and ``table`` by ``ts`` within ``key``.
-    Backward looks at the last row strictly before ``at``; forward at the first row at or
-    after ``at``.
+    Returned per level: level ``k`` pairs each event with the ``k``-th window containing it
+    (only overlapping windows make levels above 0), rows in input order within a level.
     """
-    out = left.select(key, at).join_asof(
-        table.select(key, pl.col("ts").alias("_ts"), *values),
-        left_on=at,
-        right_on="_ts",
-        by=key,
-        strategy=strategy,
-        allow_exact_matches=strategy == "forward",
-        check_sortedness=False,
-    )
-    return out.select(values) if strategy == "backward" else out.select("_ts", *values)
+    cells, n_buckets, width = table
+    i = cells[p.astype(np.int64) * n_buckets + (ts - t0) // width].astype(np.int64)
+    end = win.e[i]
+    step = np.flatnonzero(end <= ts)
+    while step.size:  # on to the first window ending after ts (within one bucket)
+        i[step] += 1
+        end[step] = win.e[i[step]]
+        step = step[end[step] <= ts[step]]
+    end -= win.length  # the window start
+    rows = np.flatnonzero(end <= ts)
+    i = i[rows]
+    rows_out, slots_out = [rows], [i]
+    more = np.flatnonzero(win.overlaps[i])
+    rows, i = rows[more], i[more] + 1
+    while rows.size:  # overlapping windows: the next ones while they have started by ts
+        inside = win.e[i] - win.length <= ts[rows]
+        rows, i = rows[inside], i[inside]
+        if rows.size:
+            rows_out.append(rows)
+            slots_out.append(i)
+        more = win.overlaps[i]
+        rows, i = rows[more], i[more] + 1
+    return rows_out, slots_out
 
 
-def _features_one_partition(
-    events: pl.LazyFrame, waves: pl.DataFrame, cfg: EngagementConfig, types: pl.Series
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Features for the wave rows in ``waves`` (columns wid, pidx, participant_id, s, e µs).
+def _sequence_features(key: np.ndarray, w0: int, n_days: int, gap_us: int, out: dict) -> None:
+    """Sessions, active days and longest streak from sorted packed keys.
 
-    Returns features keyed by ``wid`` and per-type counts keyed by ``wid, code``.
+    ``key`` holds ``_Windows.key_offset[slot] + t`` for each event time ``t`` in a window
+    of the chunk starting at slot ``w0``, sorted: the events of each window follow one
+    another in time order and ``key // day`` numbers the window's calendar days
+    consecutively (``n_days`` per window). A session starts at a window's first event and
+    after every gap longer than ``gap_us``, which counts the sessions of the participant's
+    whole stream that reach into the window (a session running at the window start is
+    counted once); runs of consecutive days give streaks. ``out`` arrays are per slot.
     """
-    gap_us = round(cfg.session_gap_minutes * 60 * _US_PER_SECOND)
-    ids = waves.select("participant_id", "pidx").unique("participant_id")
-    lo = waves["s"].min() - gap_us  # earlier events cannot change a session start in a window
-    hi = waves["e"].max()
+    n = key.size
+    q = key // _US_PER_DAY  # window-day number
+    new_day = np.empty(n, dtype=bool)
+    new_day[0] = True
+    np.not_equal(q[1:], q[:-1], out=new_day[1:])
+    pos = np.flatnonzero(new_day)  # first event of each active day
+    del new_day
+    q = q[pos]
+    w = q // n_days
+    new_w = np.empty(pos.size, dtype=bool)
+    new_w[0] = True
+    np.not_equal(w[1:], w[:-1], out=new_w[1:])
+    w_day = np.flatnonzero(new_w)  # first active day of each window, among the days
+    slots = w[w_day] + w0
+    first = pos[w_day]  # first event of each window
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.greater(np.diff(key), gap_us, out=start[1:])
+    start[first] = True
+    n_start = np.cumsum(start, dtype=np.int64)
+    del start
+    last = np.append(first[1:], n) - 1
+    out["sessions"][slots] = n_start[last] - n_start[first] + 1
+    del n_start
+    out["active_days"][slots] = np.diff(np.append(w_day, pos.size))
+    brk = new_w.copy()
+    brk[1:] |= q[1:] != q[:-1] + 1
+    runs = np.flatnonzero(brk)
+    run_len = np.diff(np.append(runs, pos.size))
+    out["longest_streak_days"][slots] = np.maximum.reduceat(run_len, np.flatnonzero(new_w[runs]))
+
+
+def _window_features(
+    events: pl.LazyFrame, win: _Windows, ids: pl.Series, cfg: EngagementConfig, types: pl.Series
+) -> dict[str, np.ndarray]:
+    """Feature arrays per window (in ``win.slot`` order) and per-type counts ``(n, types)``.
+
+    First pass (one streaming read of four compact columns, then slices of rows in input
+    order, which may be any order): find each event's windows, add its type, duration and
+    late-night flag to those windows' totals, and keep one packed integer (window, time)
+    per membership. Then one integer sort of those keys per chunk of windows orders every
+    window's events in time for sessions, active days and streaks.
+    """
     n_types = types.len()
-    codes = pl.int_range(n_types, dtype=pl.UInt32, eager=True)
-    ev = (
-        events.select(
-            "participant_id",
-            pl.col("timestamp").dt.epoch("us").alias("ts"),
-            pl.col("event")
-            .replace_strict(types, codes, default=None, return_dtype=pl.UInt32)
-            .alias("code"),
-            pl.col("duration_s").fill_null(0.0).alias("dur"),
+    gap_us = round(cfg.session_gap_minutes * 60 * _US_PER_SECOND)
+    real = win.e != _NEVER
+    t0, t1 = int(win.e[real].min()) - win.length, int(win.e[real].max())
+    table = _bucket_table(win, t0, t1)
+    minutes: list[np.ndarray] = []  # duration sums (s) of the events at each window level
+    out = {
+        "late_night_events": np.zeros(win.n_slots, dtype=np.int64),
+        "sessions": np.zeros(win.n_slots, dtype=np.int64),
+        "active_days": np.zeros(win.n_slots, dtype=np.int64),
+        "longest_streak_days": np.zeros(win.n_slots, dtype=np.int64),
+        "by_type": np.zeros(win.n_slots * (n_types + 1), dtype=np.int64),
+    }
+    epoch = pl.col("timestamp").dt.epoch("us")
+    code_type = pl.UInt8 if n_types < 2**8 - 1 else pl.UInt32
+    code = (
+        pl.col("event").cast(pl.String).cast(pl.Enum(types), strict=False).to_physical()
+        if n_types
+        else pl.lit(None)
+    )
+    compact = (
+        events.filter((epoch >= t0) & (epoch < t1))
+        .select(
+            pl.col("participant_id")
+            .cast(pl.String)
+            .cast(pl.Enum(ids), strict=False)
+            .to_physical()
+            .cast(pl.UInt32)
+            .alias("p"),
+            epoch.alias("ts"),
+            code.cast(code_type).fill_null(n_types).alias("code"),  # other types -> n_types
+            pl.col("duration_s").cast(pl.Float64).fill_null(0.0).alias("dur"),
         )
-        .filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
-        .join(ids.lazy(), on="participant_id", how="inner")
-        .drop("participant_id")
-        .collect(engine="streaming")
+        .filter(pl.col("p").is_not_null())
     )
-    ev = _sort_pair(ev, "pidx", "ts")
-    hour = (pl.col("ts") // _US_PER_HOUR) % 24
-    new_pidx = (pl.col("pidx") != pl.col("pidx").shift(1)).fill_null(True)
-    ev = ev.with_columns(
-        (pl.col("ts") // _US_PER_DAY).alias("day"),
-        (new_pidx | ((pl.col("ts") - pl.col("ts").shift(1)) > gap_us)).alias("start"),
-        _late_night(hour, cfg.late_night_start_hour, cfg.late_night_end_hour).alias("late"),
-        new_pidx.alias("new_pidx"),
-    )
-    # global running sums (ev is sorted by pidx): the difference of two lookups within one
-    # participant counts that participant's events between them, no per-group reset needed
-    values = ["c_n", "c_start", "c_late", "c_dur"]
-    cum = ev.select(
-        "pidx",
-        "ts",
-        "start",
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("c_n"),
-        pl.col("start").cast(pl.Int64).cum_sum().alias("c_start"),
-        pl.col("late").cast(pl.Int64).cum_sum().alias("c_late"),
-        pl.col("dur").cum_sum().alias("c_dur"),
-    )
-    # running sums just before each participant's first event, for lookups that find none
-    firsts = ev.select(pl.col("new_pidx"), "late", "dur")
-    base = cum.filter(firsts["new_pidx"]).select(
-        "pidx",
-        (pl.col("c_n") - 1).alias("c_n_base"),
-        (pl.col("c_start") - 1).alias("c_start_base"),  # a first event always starts
-        (pl.col("c_late") - firsts.filter("new_pidx")["late"].cast(pl.Int64)).alias("c_late_base"),
-        (pl.col("c_dur") - firsts.filter("new_pidx")["dur"]).alias("c_dur_base"),
-    )
-    # waves sorted by (pidx, e); s = e - window keeps the same order, so every lookup below
-    # returns rows aligned with `w` and can be stacked side by side
-    w = _sort_pair(waves.select("wid", "pidx", "s", "e"), "pidx", "e")
-    w = w.join(base, on="pidx", how="left", maintain_order="left")
-    at_s = _lookup(w, cum, "s", "pidx", values)
-    at_e = _lookup(w, cum, "e", "pidx", values)
-    first_in = _lookup(w, cum, "s", "pidx", ["start"], strategy="forward")
-    del cum
-
-    def window_sum(v: str) -> pl.Expr:
-        base_v = pl.col(f"{v}_base").fill_null(0)
-        return pl.coalesce(at_e[v], base_v) - pl.coalesce(at_s[v], base_v)
-
-    # a session already running at the window start is counted once, at its first
-    # in-window event; sessions starting inside the window are counted by the running sums
-    continued = (
-        first_in["_ts"].is_not_null() & (first_in["_ts"] < w["e"]) & ~first_in["start"]
-    ).fill_null(False)
-    feats = w.select(
-        "wid",
-        window_sum("c_n").alias("events"),
-        (window_sum("c_start") + continued.cast(pl.Int64)).alias("sessions"),
-        (window_sum("c_dur") / 60.0).alias("minutes"),
-        window_sum("c_late").alias("late_night_events"),
-    )
-
-    # calendar days (ev is sorted by pidx, ts, so each participant-day is one run of rows):
-    # a day is active in a window when one of its events lies in [s, e)
-    new_day = (pl.col("new_pidx") | (pl.col("day") != pl.col("day").shift(1))).fill_null(True)
-    last_day = new_day.shift(-1).fill_null(True)
-    day0 = int(lo // _US_PER_DAY)
-    n_days = int(hi // _US_PER_DAY) - day0 + 2
-    dkey = (pl.col("pidx").cast(pl.Int64) * n_days + (pl.col("day") - day0)).alias("dkey")
-    days = ev.filter(new_day).select(dkey, pl.col("ts").alias("first_ts"))
-    days = days.with_columns(ev.filter(last_day)["ts"].alias("last_ts"))
-    # every day of every window as (row of w, dkey); then keep the days active in the window
-    wr = w.select("s", "e", pl.col("pidx").cast(pl.Int64) * n_days - day0, "wid")
-    window_day_keys = pl.int_ranges(
-        pl.col("pidx") + pl.col("s") // _US_PER_DAY,
-        pl.col("pidx") + (pl.col("e") - 1) // _US_PER_DAY + 1,
-    ).alias("dkey")
-    grid = (
-        wr.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("r"), window_day_keys)
-        .explode("dkey")
-        .join(days, on="dkey", how="inner", maintain_order="left")
-    )
-    inside = (grid["first_ts"] < wr["e"].gather(grid["r"])) & (
-        grid["last_ts"] >= wr["s"].gather(grid["r"])
-    )
-    grid = grid.filter(inside)
-    active = pl.DataFrame({"wid": wr["wid"].gather(grid["r"]), "day": grid["dkey"]})
-    del grid, inside
-    # rows are ordered by window, then day (dkey is the day plus a per-participant offset):
-    # consecutive active days share day - rank within the window (gaps and islands)
-    first_row = pl.when(pl.col("wid") != pl.col("wid").shift(1).fill_null(-1)).then(
-        pl.int_range(pl.len(), dtype=pl.Int64)
-    )
-    rank = pl.int_range(pl.len(), dtype=pl.Int64) - first_row.forward_fill()
-    streaks = (
-        active.with_columns((pl.col("day") - rank).alias("island"))
-        .group_by("wid", "island")
-        .agg(pl.len().alias("run"))
-        .group_by("wid")
-        .agg(
-            pl.col("run").sum().cast(pl.Int64).alias("active_days"),
-            pl.col("run").max().cast(pl.Int64).alias("longest_streak_days"),
-        )
-    )
-    feats = feats.join(streaks, on="wid", how="left").with_columns(
-        pl.col("active_days", "longest_streak_days").fill_null(0)
-    )
-
-    # events per type: per-type global running counts, looked up at both ends like the
-    # totals (types in chunks, to bound the extra columns held at once)
-    type_parts = [pl.DataFrame(schema={"wid": pl.Int64, "code": pl.UInt32, "n": pl.Int64})]
-    first_codes = ev.filter(pl.col("new_pidx"))["code"]
-    for first_code in range(0, n_types, _TYPE_CHUNK):
-        chunk = range(first_code, min(n_types, first_code + _TYPE_CHUNK))
-        names = [f"_t{c}" for c in chunk]
-        hits = [(pl.col("code") == c).fill_null(False).cast(pl.Int64) for c in chunk]
-        tc = ev.select(
-            "pidx", "ts", *[h.cum_sum().alias(n) for h, n in zip(hits, names, strict=True)]
-        )
-        tbase = tc.filter(ev["new_pidx"]).select(
-            "pidx",
-            *[
-                (pl.col(n) - first_codes.eq(c).fill_null(False).cast(pl.Int64)).alias(n)
-                for c, n in zip(chunk, names, strict=True)
-            ],
-        )
-        wb = w.select("pidx").join(tbase, on="pidx", how="left", maintain_order="left")
-        t_s = _lookup(w, tc, "s", "pidx", names)
-        t_e = _lookup(w, tc, "e", "pidx", names)
-        for c, n in zip(chunk, names, strict=True):
-            b = wb[n].fill_null(0)
-            counts = t_e[n].fill_null(b) - t_s[n].fill_null(b)
-            type_parts.append(
-                pl.DataFrame(
-                    {
-                        "wid": w["wid"],
-                        "code": pl.repeat(c, w.height, dtype=pl.UInt32, eager=True),
-                        "n": counts,
-                    }
-                )
-            )
-    by_type = pl.concat(type_parts)
-    del ev
-    return feats, by_type
+    n_part = ids.len()
+    k = min(cfg.n_partitions, n_part)
+    bounds = [n_part * j // k for j in range(k + 1)]
+    for lo, hi in itertools.pairwise(bounds):  # participants lo..hi-1: one scan each
+        part = compact.filter((pl.col("p") >= lo) & (pl.col("p") < hi)) if k > 1 else compact
+        chunks = range(int(win.first[lo]) // win.chunk, (int(win.first[hi]) - 1) // win.chunk + 1)
+        keys: list[np.ndarray] = []
+        key_chunk: list[np.ndarray] = []
+        collected = part.collect(engine="streaming")
+        for batch in collected.iter_slices(_BATCH_ROWS):
+            ts = batch["ts"].to_numpy()
+            rows_by_level, slots_by_level = _memberships(batch["p"].to_numpy(), ts, win, table, t0)
+            dur = batch["dur"].to_numpy()
+            for level, (rows, slots) in enumerate(zip(rows_by_level, slots_by_level, strict=True)):
+                # per level in input order: the same float sums however rows are batched
+                if level == len(minutes):
+                    minutes.append(np.zeros(win.n_slots, dtype=np.float64))
+                np.add.at(minutes[level], slots, dur[rows])
+            if len(rows_by_level) == 1:
+                rows, slots = rows_by_level[0], slots_by_level[0]
+            else:
+                rows, slots = np.concatenate(rows_by_level), np.concatenate(slots_by_level)
+            del rows_by_level, slots_by_level, dur
+            ts = ts[rows]
+            np.add.at(out["by_type"], slots * (n_types + 1) + batch["code"].to_numpy()[rows], 1)
+            late = _late_mask(ts, cfg.late_night_start_hour, cfg.late_night_end_hour)
+            np.add.at(out["late_night_events"], slots[late], 1)
+            del batch, rows, late
+            if len(chunks) > 1:
+                key_chunk.append((slots // win.chunk).astype(np.int32))
+            ts += win.key_offset[slots]
+            keys.append(ts)
+            del ts, slots
+        del collected
+        for c in chunks if keys else ():
+            if len(chunks) == 1:
+                key = np.concatenate(keys)
+                keys.clear()
+            else:
+                key = np.concatenate([kk[cc == c] for kk, cc in zip(keys, key_chunk, strict=True)])
+            key = pl.Series(key).sort().to_numpy()  # polars' parallel integer sort
+            j0 = 0
+            while j0 < key.size:  # slices that end at a window boundary
+                j1 = min(key.size, j0 + _SLICE_ROWS)
+                if j1 < key.size:
+                    j1 = int(np.searchsorted(key, (key[j1 - 1] // win.stride + 1) * win.stride))
+                _sequence_features(key[j0:j1], c * win.chunk, win.n_days, gap_us, out)
+                j0 = j1
+            del key
+    by_type = out.pop("by_type").reshape(win.n_slots, n_types + 1)
+    feats = {name: values[win.slot] for name, values in out.items()}
+    feats["events"] = by_type.sum(axis=1)[win.slot]
+    feats["minutes"] = sum(minutes, np.zeros(win.n_slots))[win.slot] / 60.0
+    feats["by_type"] = by_type[win.slot, :n_types]
+    return feats
 
 
 def compute_engagement_features(
@@ -816,9 +883,19 @@ def compute_engagement_features(
 
     Notes
     -----
-    Counts over a window are differences of per-participant cumulative sums looked up with
-    as-of joins at both window ends, so overlapping windows (waves closer together than the
-    window) are handled exactly and the cost is one sort of the events.
+    One streaming pass reads ``participant_id`` (as a code), time, type and duration of the
+    events in the windows' overall time span. Each event's windows are found with a
+    participant x time-bucket table (the windows of one participant, sorted by end, that
+    contain a time form one run), so overlapping windows (waves closer together than the
+    window) are handled exactly, and counts, minutes and types are summed per window with
+    ``bincount``-style scatter-adds in input order. For the order-dependent features every
+    (event, window) pair becomes one packed integer ``window * span + time``; one integer
+    sort puts each window's events in time order. A session crossing the window start
+    contributes its in-window part, so the sessions of a window are its first in-window
+    event plus every in-window gap longer than ``session_gap_minutes``, which is the count
+    of sessions of the whole stream that reach into the window. Cost: one read of the
+    events (plus one of the ``event`` column when ``event_types`` is ``None``) and one sort
+    of ``int64`` keys, no sort of the events themselves.
     """
     cfg = config or EngagementConfig()
     need = {"participant_id", "wave", "timestamp"}
@@ -848,7 +925,7 @@ def compute_engagement_features(
     timed = base.filter(pl.col("response_time").is_not_null()).select(
         "wid",
         "participant_id",
-        pl.col("participant_id").rank("dense").cast(pl.UInt32).alias("pidx"),
+        (pl.col("participant_id").rank("dense") - 1).cast(pl.Int64).alias("pidx"),
         pl.col("response_time").dt.epoch("us").alias("e"),
         pl.col("window_start").dt.epoch("us").alias("s"),
     )
@@ -860,24 +937,25 @@ def compute_engagement_features(
         types = unique.collect(engine="streaming")["event"].drop_nulls().sort()
     n_types = types.len()
 
-    feats_parts: list[pl.DataFrame] = []
-    type_parts: list[pl.DataFrame] = []
     if timed.height:
-        k = cfg.n_partitions
-        bucket = pl.col("participant_id").hash(seed=20_241_129) % k
-        for b in range(k):
-            w = timed.filter(bucket == b) if k > 1 else timed
-            if not w.height:
-                continue
-            ev_b = events.filter(bucket == b) if k > 1 else events
-            f, t = _features_one_partition(ev_b, w, cfg, types)
-            feats_parts.append(f)
-            type_parts.append(t)
-    f_all = (
-        pl.concat(feats_parts)
-        if feats_parts
-        else pl.DataFrame(schema={"wid": pl.Int64} | {c: pl.Int64 for c in _FEATURE_COLUMNS})
-    )
+        timed = timed.sort("pidx", "e")
+        ids = timed["participant_id"].unique(maintain_order=True)  # pidx order
+        win = _Windows.build(
+            timed["pidx"].to_numpy(), timed["e"].to_numpy(), ids.len(), cfg.window_days
+        )
+        wid = timed["wid"].to_numpy()
+        arrays = _window_features(events, win, ids, cfg, types)
+        by_type = arrays.pop("by_type")
+        f_all = pl.DataFrame({"wid": wid, **arrays})
+        order = np.argsort(wid)  # output order: participant_id, wave, then event
+        t_wid = np.repeat(wid[order], n_types)
+        t_code = np.tile(np.arange(n_types), order.size)
+        t_n = by_type[order].ravel()
+    else:
+        f_all = pl.DataFrame(
+            schema={"wid": pl.Int64} | {c: pl.Int64 for c in _FEATURE_COLUMNS}
+        )
+        t_wid = t_code = t_n = np.zeros(0, dtype=np.int64)
     features = (
         base.join(f_all, on="wid", how="left", maintain_order="left")
         .with_columns(
@@ -899,19 +977,12 @@ def compute_engagement_features(
             pl.col("longest_streak_days").cast(pl.Int64),
         )
     )
-    # types are sorted, so (wid, code) order is (participant_id, wave, event) order
-    t_all = (
-        pl.concat(type_parts)
-        if type_parts
-        else pl.DataFrame(schema={"wid": pl.Int64, "code": pl.UInt32, "n": pl.Int64})
-    )
-    t_all = t_all.sort(pl.col("wid") * max(n_types, 1) + pl.col("code").cast(pl.Int64))
     events_by_type = pl.DataFrame(
         {
-            "participant_id": base["participant_id"].gather(t_all["wid"]),
-            "wave": base["wave"].gather(t_all["wid"]),
-            "event": types.gather(t_all["code"]),
-            "n": t_all["n"].cast(pl.Int64),
+            "participant_id": base["participant_id"].gather(t_wid),
+            "wave": base["wave"].gather(t_wid),
+            "event": types.gather(t_code),
+            "n": t_n,
         },
         schema={"participant_id": pl.String, "wave": pl.Int32, "event": pl.String, "n": pl.Int64},
     )

@@ -477,18 +477,202 @@ def test_property_row_accounting(tmp_path_factory, rows):
     ) == list(range(1, len(rows) + 1))
 
 
-def test_two_column_sort_fallback_gives_same_features(tiny, monkeypatch):
+def test_one_window_per_sort_chunk_gives_same_features(tiny, monkeypatch):
     import models.telemetry as tel
 
-    monkeypatch.setattr(tel, "_KEY_SORT_LIMIT", 0)  # force the two-column sort
+    monkeypatch.setattr(tel, "_KEY_LIMIT", 1)  # every window its own sort chunk
     res = compute_engagement_features(events_frame(TINY), WAVES, CFG)
     assert res.features.equals(tiny.features)
     assert res.events_by_type.equals(tiny.events_by_type)
 
 
-def test_event_type_chunks_give_same_counts(tiny, monkeypatch):
+def test_tiny_table_batches_and_slices_give_same_features(tiny, monkeypatch):
     import models.telemetry as tel
 
-    monkeypatch.setattr(tel, "_TYPE_CHUNK", 1)  # one type per pass
+    monkeypatch.setattr(tel, "_TABLE_CELLS", 1)  # one time bucket: long walks to the window
+    monkeypatch.setattr(tel, "_BATCH_ROWS", 3)
+    monkeypatch.setattr(tel, "_SLICE_ROWS", 2)
     res = compute_engagement_features(events_frame(TINY), WAVES, CFG)
+    assert res.features.equals(tiny.features)
     assert res.events_by_type.equals(tiny.events_by_type)
+
+
+# -- edge-case-rich random logs against an independent reference --------------------------
+
+
+def reference_engagement(events: list[tuple], waves: list[tuple], cfg: EngagementConfig):
+    """Event-by-event reference on Python datetimes, written from the feature definitions.
+
+    ``events``: (participant_id, timestamp, event, duration_s or None); ``waves``:
+    (participant_id, wave, response time or None). Returns {(pid, wave): features} with the
+    per-type counts under "by_type" (every configured/seen type, zeros included).
+    """
+    gap = dt.timedelta(minutes=cfg.session_gap_minutes)
+    window = dt.timedelta(days=cfg.window_days)
+    types = sorted(set(cfg.event_types) if cfg.event_types is not None else {e[2] for e in events})
+    start_h, end_h = cfg.late_night_start_hour, cfg.late_night_end_hour
+
+    def is_late(ts: dt.datetime) -> bool:
+        if start_h < end_h:
+            return start_h <= ts.hour < end_h
+        return ts.hour >= start_h or ts.hour < end_h
+
+    out = {}
+    for pid, wave, resp in waves:
+        if resp is None:
+            out[(pid, wave)] = None
+            continue
+        stream = sorted((e for e in events if e[0] == pid), key=lambda e: e[1])
+        # session number of every event of the whole stream
+        session_of, n_sessions, previous = [], 0, None
+        for e in stream:
+            if previous is None or e[1] - previous > gap:
+                n_sessions += 1
+            session_of.append(n_sessions)
+            previous = e[1]
+        lo = resp - window
+        inside = [j for j, e in enumerate(stream) if lo <= e[1] < resp]
+        days = sorted({stream[j][1].date() for j in inside})
+        longest = run = 0
+        for j, day in enumerate(days):
+            run = run + 1 if j and day - days[j - 1] == dt.timedelta(days=1) else 1
+            longest = max(longest, run)
+        n = len(inside)
+        late = sum(is_late(stream[j][1]) for j in inside)
+        out[(pid, wave)] = {
+            "events": n,
+            "active_days": len(days),
+            "sessions": len({session_of[j] for j in inside}),
+            "minutes": sum(stream[j][3] or 0.0 for j in inside) / 60,
+            "late_night_events": late,
+            "late_night_share": late / n if n else None,
+            "longest_streak_days": longest,
+            "by_type": {k: sum(stream[j][2] == k for j in inside) for k in types},
+        }
+    return out
+
+
+def edge_case_log(seed: int):
+    """A small random study whose events crowd every boundary the features have."""
+    rng = np.random.default_rng(seed)
+    cfg = EngagementConfig(
+        window_days=int(rng.integers(1, 5)),
+        session_gap_minutes=float(rng.choice([1.0, 7.5, 30.0, 180.0])),
+        late_night_start_hour=int(rng.choice([23, 0, 22])),
+        late_night_end_hour=int(rng.choice([5, 6])),
+        event_types=None if seed % 2 else ("open", "exercise", "never_seen"),
+        n_partitions=int(rng.integers(1, 4)),
+    )
+    us = dt.timedelta(microseconds=1)
+    gap = dt.timedelta(minutes=cfg.session_gap_minutes)
+    window = dt.timedelta(days=cfg.window_days)
+    t0 = dt.datetime(2024, 2, 27, tzinfo=UTC)  # the span crosses 29 February
+    people = [f"p{i}" for i in range(9)]
+    waves, events = [], []
+    for k, pid in enumerate(people):
+        times = []
+        for wave in range(int(rng.integers(1, 5))):
+            # responses at midnight, on the hour or at a random microsecond; some equal
+            day = t0 + dt.timedelta(days=int(rng.integers(2, 12)))
+            kind = rng.integers(0, 4)
+            if kind == 0:
+                resp = day
+            elif kind == 1:
+                resp = day + dt.timedelta(hours=int(rng.integers(0, 24)))
+            elif kind == 2 and times:
+                resp = times[-1]  # two waves answered at the same moment
+            else:
+                resp = day + dt.timedelta(microseconds=int(rng.integers(0, 86_400 * 10**6)))
+            times.append(resp)
+            waves.append((pid, wave, resp))
+        if k == 0:
+            waves.append((pid, 9, None))  # did not respond: no window
+        if k == 1:
+            continue  # p1 has waves but no events at all
+        anchors = []
+        for resp in times:
+            s = resp - window
+            anchors += [s, s - us, s + us, resp, resp - us, s - gap, s - gap - us, s - gap + us]
+        for _ in range(int(rng.integers(5, 40))):
+            base = t0 + dt.timedelta(days=int(rng.integers(0, 14)))
+            hour, minute = int(rng.choice([0, 4, 5, 22, 23])), int(rng.integers(0, 60))
+            anchors.append(base + dt.timedelta(hours=hour, minutes=minute))
+            anchors.append(base.replace(hour=23, minute=59, second=59, microsecond=999_999))
+            anchors.append(base + dt.timedelta(hours=5) - us)
+        # bursts: chains at exactly the gap, just over it, and duplicates
+        for a in list(anchors):
+            if rng.random() < 0.3:
+                step = gap + us * int(rng.choice([0, 1, -1]))
+                anchors += [a + step, a + 2 * step, a]
+        for a in anchors:
+            if rng.random() < 0.8:
+                kind = str(rng.choice(["open", "exercise", "journal"]))
+                dur = None if rng.random() < 0.15 else float(np.round(rng.exponential(40), 3))
+                events.append((pid, a, kind, dur))
+    events.append(("stranger", t0 + dt.timedelta(days=5), "open", 10.0))  # no survey row
+    order = rng.permutation(len(events))  # input order must not matter
+    events = [events[j] for j in order]
+    return events, waves, cfg
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_edge_case_logs_match_reference(seed):
+    events, waves, cfg = edge_case_log(seed)
+    ev = pl.DataFrame(
+        events,
+        schema={
+            "participant_id": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "event": pl.String,
+            "duration_s": pl.Float64,
+        },
+        orient="row",
+    )
+    wv = pl.DataFrame(
+        waves,
+        schema={"participant_id": pl.String, "wave": pl.Int32, "timestamp": pl.Datetime("us", "UTC")},
+        orient="row",
+    )
+    res = compute_engagement_features(ev.lazy(), wv, cfg)
+    ref = reference_engagement(events, waves, cfg)
+    assert res.features.height == len(waves)
+    for row in res.features.iter_rows(named=True):
+        exp = ref[(row["participant_id"], row["wave"])]
+        if exp is None:
+            assert row["events"] is None and row["sessions"] is None
+            continue
+        for name in ("events", "active_days", "sessions", "late_night_events", "longest_streak_days"):
+            assert row[name] == exp[name], (seed, row["participant_id"], row["wave"], name)
+        assert row["minutes"] == pytest.approx(exp["minutes"], rel=1e-12, abs=1e-12)
+        if exp["late_night_share"] is None:
+            assert row["late_night_share"] is None
+        else:
+            assert row["late_night_share"] == pytest.approx(exp["late_night_share"], rel=1e-12)
+    got = {
+        (r["participant_id"], r["wave"], r["event"]): r["n"]
+        for r in res.events_by_type.iter_rows(named=True)
+    }
+    want = {
+        (pid, wave, kind): n
+        for (pid, wave), exp in ref.items()
+        if exp is not None
+        for kind, n in exp["by_type"].items()
+    }
+    assert got == want
+    # the tidy table is ordered by participant, wave, event
+    assert res.events_by_type.select("participant_id", "wave", "event").equals(
+        res.events_by_type.select("participant_id", "wave", "event").sort(
+            "participant_id", "wave", "event"
+        )
+    )
+
+
+def test_participant_range_without_events_in_sort_chunks(monkeypatch):
+    import models.telemetry as tel
+
+    monkeypatch.setattr(tel, "_KEY_LIMIT", 1)  # many sort chunks per participant range
+    cfg = EngagementConfig(window_days=3, n_partitions=5)  # ranges of one participant
+    res = compute_engagement_features(events_frame(TINY), WAVES, cfg)
+    base = compute_engagement_features(events_frame(TINY), WAVES, CFG)
+    assert res.features.equals(base.features)
+    assert res.events_by_type.equals(base.events_by_type)
