@@ -22,9 +22,11 @@ Missing data (``missing`` column of the results):
 ``listwise``
     Only participants who answered every item of the scale (complete cases).
 
-The computation is one pivot of the long response table per instrument (waves kept as
-rows), then matrix algebra in numpy per wave and scale: no Python loop over
-participants.
+The computation is one pivot of the long response table into a wave x participant x
+item array, then, per instrument and wave, sums of products accumulated over chunks of
+participants (BLAS matrix products; participants who answered every item enter only
+through their sums and cross products), from which every scale's statistics follow: no
+Python loop over participants.
 
 References
 ----------
@@ -39,12 +41,14 @@ Research, version 2.2.9 (``alpha``, ``omega``, ``fa(fm = "minres")``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import polars as pl
 from scipy import optimize
+from threadpoolctl import threadpool_limits
 
 from instruments.definition import InstrumentSpec
 
@@ -179,8 +183,12 @@ def pairwise_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         ``cor(use = "pairwise")``); ``n_pair``: the ``n_ij``. Entries with fewer than
         two rows are ``NaN``.
     """
-    mom = _WaveMoments.of(np.asarray(x, dtype=np.float64))
-    return mom.cov, mom.cor, mom.n_pair
+    x = np.asarray(x, dtype=np.float64)
+    observed = ~np.isnan(x)
+    counts = observed.sum(axis=0)
+    shift = np.where(observed, x, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    cov, cor, n_pair, _ = _BlockSums.of(x, shift, ()).pairwise()
+    return cov, cor, n_pair
 
 
 def cov_to_cor(c: np.ndarray) -> np.ndarray:
@@ -308,6 +316,23 @@ def omega_total(r: np.ndarray, loadings: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- table plumbing
 
+#: Rows of an item matrix handled at once, so that a chunk's working arrays stay in cache.
+_CHUNK_ROWS = 16_384
+
+#: Response dtypes that float32 holds exactly: the item cube is then half the size.
+_SMALL_INTEGERS = (pl.Boolean, pl.Int8, pl.UInt8, pl.Int16, pl.UInt16)
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS (numpy's and scipy's) on one thread while the context lasts.
+
+    Every product here is tall and skinny (a chunk of participants by a few items) or
+    tiny (the minres fit): threads gain nothing on them, and OpenBLAS's spin-waiting
+    threads stall when another process holds a core (measured on two cores with one
+    busy: the chunk sums 3x and the omega fits 2x slower than on one thread).
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
 
 def _scale_table(scales: pl.DataFrame) -> pl.DataFrame:
     need = {"instrument", "scale", "item", "reverse", "min", "max"}
@@ -327,124 +352,266 @@ def _scale_table(scales: pl.DataFrame) -> pl.DataFrame:
 def _item_cube(
     responses: pl.DataFrame, items: list[str], by_wave: bool
 ) -> tuple[list[int | None], np.ndarray]:
-    """Every scale item as a ``wave x participant x item`` array (``NaN`` = missing).
+    """Every scale item as a ``block x row x column`` array (``NaN`` = missing).
 
-    This is the pivot of the long table, done in one pass as a scatter into a numpy
-    array with polars computing the codes (participant: categorical; item: enum; wave:
-    rank), which is several times faster than ``DataFrame.pivot`` at 10^7 rows. Item ids
-    are global (``docs/contracts.md``), so the pass covers all instruments at once. A
-    repeated (participant, wave, item) keeps the last row.
+    Blocks are the waves (one pooled block when ``by_wave`` is false), rows the
+    participants (pooled: participant-waves), columns ``items`` in order plus a last
+    column that takes the responses to items of no scale. Item ids are global
+    (``docs/contracts.md``), so one pass covers all instruments.
+
+    The pivot is one scatter into a numpy array. The row of a long row comes from runs
+    (:func:`_participant_wave_runs`), which spares hashing every participant id; the
+    column is an enum cast of the item. Values are float32 when the response dtype is a
+    small integer (exact), float64 otherwise. Validated responses hold one row per
+    participant, wave and item (``duplicate_row``); should a table repeat one, one of its
+    values is used.
     """
-    codes = (
-        responses.lazy()
-        .select(
-            pl.col("participant_id").cast(pl.String).cast(pl.Categorical).to_physical().alias("p"),
-            pl.col("wave").cast(pl.Int64).alias("w"),
-            pl.col("item")
-            .cast(pl.String)
-            .cast(pl.Enum(items), strict=False)
-            .to_physical()
-            .alias("i"),
-            pl.col("value").cast(pl.Float64).fill_null(np.nan).alias("v"),
-        )
-        .drop_nulls(["w", "i"])
-        .collect()
+    k = len(items)
+    resp = responses.select("participant_id", "wave", "item", "value")
+    if resp["participant_id"].null_count() or resp["wave"].null_count():
+        resp = resp.drop_nulls(["participant_id", "wave"])
+    if resp.height == 0:
+        return [], np.empty((0, 0, k + 1))
+    small = resp.schema["value"] in _SMALL_INTEGERS
+    coding = resp.lazy().select(
+        pl.col("item")
+        .cast(pl.String)
+        .cast(pl.Enum(items), strict=False)
+        .to_physical()
+        .fill_null(k),  # items of no scale: the last column (the enum's codes hold k)
+        pl.col("value").cast(pl.Float32 if small else pl.Float64).fill_null(np.nan),
     )
-    if codes.height == 0:
-        return [], np.empty((0, 0, len(items)))
-    p = codes["p"].to_numpy()
-    present = np.zeros(int(p.max()) + 1, dtype=bool)
-    present[p] = True
-    p = (np.cumsum(present) - 1)[p]  # dense participant codes 0..n-1
-    w = codes["w"].to_numpy()
-    waves = np.sort(codes["w"].unique().to_numpy())
-    if waves[-1] - waves[0] < 100_000:  # lookup table: O(n) instead of a binary search
-        lut = np.zeros(int(waves[-1] - waves[0]) + 1, dtype=np.int64)
-        lut[waves - waves[0]] = np.arange(len(waves))
-        w_idx = lut[w - waves[0]]
-    else:
-        w_idx = np.searchsorted(waves, w)
+    columns = coding.collect()
+    starts, person, wave = _participant_wave_runs(resp)
+    waves, wave_index = _dense_values(wave)
+    n_people, n_waves = int(person.max()) + 1, len(waves)
+    unit = wave_index * n_people + person if by_wave else person * n_waves + wave_index
+    flat = np.repeat(unit * (k + 1), np.diff(np.append(starts, resp.height)))
+    flat += columns["item"].to_numpy()
+    cube = np.full(n_waves * n_people * (k + 1), np.nan, dtype=np.float32 if small else np.float64)
+    cube[flat] = columns["value"].to_numpy()
     if by_wave:
-        labels: list[int | None] = [int(v) for v in waves]
-        cube = np.full((len(waves), int(p.max()) + 1, len(items)), np.nan)
-        cube[w_idx, p, codes["i"].to_numpy()] = codes["v"].to_numpy()
-    else:  # pooled: every participant-wave is its own row
-        labels = [None]
-        cube = np.full((1, (int(p.max()) + 1) * len(waves), len(items)), np.nan)
-        cube[0, p * len(waves) + w_idx, codes["i"].to_numpy()] = codes["v"].to_numpy()
-    return labels, cube
+        return [int(w) for w in waves], cube.reshape(n_waves, n_people, k + 1)
+    return [None], cube.reshape(1, n_waves * n_people, k + 1)
+
+
+def _participant_wave_runs(resp: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of consecutive long rows of one participant and wave (a survey row's items).
+
+    Returns the first row of each run, its participant's code (``0..n-1``) and its wave.
+    Runs are found by comparing neighbouring rows, not by hashing; only the first row of
+    each run of one participant has its id hashed (a categorical code), so that a
+    participant whose rows are not adjacent still gets one code. Rows in no such order
+    (most runs one row long) are coded one by one.
+    """
+    pid, wave = pl.col("participant_id"), pl.col("wave")
+    starts = resp.select(pl.arg_where(pid.ne_missing(pid.shift()) | wave.ne_missing(wave.shift())))
+    if starts.height > resp.height // 2:
+        ids, first = resp["participant_id"].cast(pl.String), None
+        starts, waves = np.arange(resp.height), resp["wave"].to_numpy()
+    else:
+        at = starts.to_series()
+        heads = resp.select(pid.gather(at).cast(pl.String), wave.gather(at))
+        first = heads.select(pid.ne_missing(pid.shift())).to_series()
+        ids, starts, waves = heads["participant_id"].filter(first), at.to_numpy(), heads["wave"].to_numpy()
+    codes = ids.cast(pl.Categorical).to_physical().to_numpy()
+    seen = np.zeros(int(codes.max()) + 1, dtype=bool)
+    seen[codes] = True
+    person = (np.cumsum(seen) - 1)[codes]
+    if first is not None:  # from participant runs to (participant, wave) runs
+        person = person[np.cumsum(first.to_numpy()) - 1]
+    return starts, person, waves.astype(np.int64)
+
+
+def _dense_values(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct integers of ``v`` and each element's index among them."""
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo >= 1_000_000:
+        return np.unique(v, return_inverse=True)
+    seen = np.zeros(hi - lo + 1, dtype=bool)  # lookup table: O(n) instead of a sort
+    seen[v - lo] = True
+    return np.flatnonzero(seen) + lo, (np.cumsum(seen) - 1)[v - lo]
 
 
 def _empty(columns: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=columns)
 
 
-@dataclass
-class _WaveMoments:
-    """Pairwise sums of one instrument-wave item matrix (raw items, not reverse keyed)."""
+@dataclass(frozen=True)
+class _Scale:
+    """One scale of an instrument's item block.
 
-    x0: np.ndarray  # centred values, 0 where missing
-    m: np.ndarray  # observed indicator (float)
-    centre: np.ndarray
-    cov: np.ndarray
-    cor: np.ndarray
-    n_pair: np.ndarray
-    item_mean: np.ndarray  # mean over each item's observed rows
+    The block holds ``x' = x - shift`` per item (``shift``: the middle of the item's
+    range, so that the sums below are sums of small numbers); the keyed item is
+    ``offset + sign * x'``: ``sign = -1`` for reverse-keyed items (``min + max - x``).
+    """
+
+    name: str
+    items: list[str]
+    idx: np.ndarray  # columns of the block
+    reverse: np.ndarray
+    sign: np.ndarray
+    offset: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray) -> _WaveMoments:
-        m = ~np.isnan(x)
-        with np.errstate(invalid="ignore"):
-            counts = m.sum(axis=0)
-            centre = np.where(counts > 0, np.nansum(x, axis=0) / np.maximum(counts, 1), 0.0)
-        x0 = np.where(m, x - centre, 0.0)
-        mf = m.astype(np.float64)
-        cov, cor, n_pair = _pairwise_from_centred(x0, mf)
-        item_mean = np.where(counts > 0, centre, np.nan)
-        return cls(x0, mf, centre, cov, cor, n_pair, item_mean)
+    def of(cls, name: str, rows: pl.DataFrame, column: dict[str, int], shift: np.ndarray) -> _Scale:
+        """The scale of ``rows`` (its rows of the scale table)."""
+        items = rows["item"].to_list()
+        idx = np.array([column[it] for it in items])
+        reverse = rows["reverse"].to_numpy()
+        flip = (rows["min"] + rows["max"]).to_numpy()
+        offset = np.where(reverse, flip - shift[idx], shift[idx])
+        return cls(name, items, idx, reverse, np.where(reverse, -1.0, 1.0), offset)
 
 
-def _pairwise_from_centred(
-    x0: np.ndarray, mf: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = mf.T @ mf
-    sx = x0.T @ mf  # sx[i, j] = sum of x_i over rows observing i and j
-    sxx = (x0 * x0).T @ mf
-    sxy = x0.T @ x0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = np.where(n > 1, n - 1.0, np.nan)
-        cov = (sxy - sx * sx.T / n) / denom
-        var_ij = (sxx - sx * sx / n) / denom  # var of item i on the rows observing i and j
-        cor = cov / np.sqrt(var_ij * var_ij.T)
-    np.fill_diagonal(cor, np.where(np.diag(n) > 1, 1.0, np.nan))
-    return cov, cor, n
+class _BlockSums:
+    """Sufficient statistics of one instrument's ``n x k`` item matrix, summed by chunks.
+
+    Rows that answer every item ("full" rows, most of them) enter only through their
+    count ``n_full``, sum ``s_full`` and cross products ``p_full`` of ``x'``. The rows
+    with a missing item are few, and only they carry the observed-indicator products
+    that pairwise deletion and per-scale counts need; with ``X`` their ``x'`` (0 where
+    missing) and ``M`` their observed indicator: ``mm = M^T M``, ``xm = X^T M``,
+    ``x2m = (X*X)^T M``, ``pp = X^T X``. Per scale, over those rows: ``any_*`` (rows
+    answering at least one item: count, sum and sum of squares of the item mean less
+    the scale's mean offset) and ``all_*`` (rows answering every item of the scale:
+    count, sums and cross products of its items). Rows answering nothing (participants
+    absent from a wave) count nowhere.
+    """
+
+    def __init__(self, k: int, scales: Sequence[_Scale]) -> None:
+        self.scales = scales
+        self.n_full = 0
+        self.s_full = np.zeros(k)
+        self.p_full = np.zeros((k, k))
+        self.mm, self.xm, self.x2m, self.pp = (np.zeros((k, k)) for _ in range(4))
+        member, sign, offset = (np.zeros((k, len(scales))) for _ in range(3))
+        for j, sc in enumerate(scales):
+            member[sc.idx, j] = 1.0
+            sign[sc.idx, j] = sc.sign
+            offset[sc.idx, j] = sc.offset - sc.offset.mean()
+        self._member, self._sign, self._offset = member, sign, offset
+        self._size = member.sum(axis=0)
+        self.any_n, self.any_q, self.any_q2, self.all_n = (np.zeros(len(scales)) for _ in range(4))
+        self.all_s = [np.zeros(len(sc.idx)) for sc in scales]
+        self.all_p = [np.zeros((len(sc.idx), len(sc.idx))) for sc in scales]
+
+    @classmethod
+    def of(cls, x: np.ndarray, shift: np.ndarray, scales: Sequence[_Scale]) -> _BlockSums:
+        """Sums of ``x`` (``n x k``, ``NaN`` = missing, any float dtype) less ``shift``."""
+        n, k = x.shape
+        sums = cls(k, scales)
+        chunk = np.empty((min(n, _CHUNK_ROWS), k))
+        ones_k, ones_n = np.ones(k), np.ones(len(chunk))
+        with_gaps: list[np.ndarray] = []  # gathered until they fill a chunk
+        for start in range(0, n, _CHUNK_ROWS):
+            xc = chunk[: min(_CHUNK_ROWS, n - start)]
+            np.copyto(xc, x[start : start + len(xc)])
+            xc -= shift
+            gaps = np.flatnonzero(np.isnan(xc @ ones_k))  # NaN propagates through the sum
+            if gaps.size:
+                with_gaps.append(xc[gaps])
+                xc[gaps] = 0.0
+                if sum(map(len, with_gaps)) >= _CHUNK_ROWS or start + _CHUNK_ROWS >= n:
+                    sums._add_rows_with_gaps(np.concatenate(with_gaps))
+                    with_gaps.clear()
+            sums.n_full += len(xc) - gaps.size
+            sums.s_full += ones_n[: len(xc)] @ xc
+            sums.p_full += xc.T @ xc
+        if with_gaps:
+            sums._add_rows_with_gaps(np.concatenate(with_gaps))
+        return sums
+
+    def _add_rows_with_gaps(self, x: np.ndarray) -> None:
+        gap = np.isnan(x)
+        x[gap] = 0.0
+        m = np.logical_not(gap).astype(np.float64)
+        self.mm += m.T @ m
+        self.xm += x.T @ m
+        self.x2m += (x * x).T @ m
+        self.pp += x.T @ x
+        if not self.scales:
+            return
+        answered = m @ self._member
+        some = answered > 0
+        q = np.divide(x @ self._sign + m @ self._offset, answered, out=np.zeros_like(answered), where=some)
+        self.any_n += some.sum(axis=0)
+        self.any_q += q.sum(axis=0)
+        self.any_q2 += (q * q).sum(axis=0)
+        every = answered == self._size
+        for j, sc in enumerate(self.scales):
+            rows = np.flatnonzero(every[:, j])
+            if rows.size:
+                xs = x[np.ix_(rows, sc.idx)]
+                self.all_n[j] += rows.size
+                self.all_s[j] += xs.sum(axis=0)
+                self.all_p[j] += xs.T @ xs
+
+    def observed(self) -> bool:
+        """Whether the block holds any answer."""
+        return self.n_full > 0 or np.trace(self.mm) > 0
+
+    def pairwise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Pairwise-complete ``cov, cor, n_pair`` (see :func:`pairwise_moments`) and item means of ``x'``."""
+        n = self.n_full + self.mm
+        sx = self.s_full[:, None] + self.xm  # sx[i, j]: sum of x'_i over rows observing i and j
+        sxx = np.diag(self.p_full)[:, None] + self.x2m
+        sxy = self.p_full + self.pp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            denom = np.where(n > 1, n - 1.0, np.nan)
+            cov = (sxy - sx * sx.T / n) / denom
+            var = (sxx - sx * sx / n) / denom  # var of item i on the rows observing i and j
+            cor = cov / np.sqrt(var * var.T)
+            mean = np.diag(sx) / np.diag(n)
+        np.fill_diagonal(cor, np.where(np.diag(n) > 1, 1.0, np.nan))
+        return cov, cor, n, mean
+
+    def person_means(self, j: int) -> tuple[int, float, float]:
+        """Count, mean and sd of the participant's mean of the scale items answered.
+
+        A full row's item mean less the mean offset is ``sign . x' / k``, so those rows
+        enter through ``s_full`` and ``p_full``.
+        """
+        sc = self.scales[j]
+        k = len(sc.idx)
+        n = self.n_full + self.any_n[j]
+        q = self.any_q[j] + sc.sign @ self.s_full[sc.idx] / k
+        q2 = self.any_q2[j] + sc.sign @ self.p_full[np.ix_(sc.idx, sc.idx)] @ sc.sign / k**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = sc.offset.mean() + q / n
+            sd = np.sqrt(np.maximum((q2 - q * q / n) / (n - 1.0), 0.0))
+        return int(n), float(mean), float(sd)
+
+    def complete_cases(self, j: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Count, item means and covariance of ``x'`` over the rows answering every item."""
+        sc = self.scales[j]
+        n = self.n_full + int(self.all_n[j])
+        s = self.s_full[sc.idx] + self.all_s[j]
+        p = self.p_full[np.ix_(sc.idx, sc.idx)] + self.all_p[j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = s / n
+        cov = (p - np.outer(s, s) / n) / (n - 1) if n > 1 else np.full(p.shape, np.nan)
+        return n, mean, cov
 
 
 def _scale_rows(
     instrument: str,
-    scale: str,
     wave: int | None,
-    mom: _WaveMoments,
-    idx: np.ndarray,
-    item_ids: list[str],
-    reverse: np.ndarray,
-    flip: np.ndarray,
-    count: np.ndarray,
-    summary: dict[str, float],
+    sums: _BlockSums,
+    pairwise: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    j: int,
     config: ReliabilityConfig,
 ) -> tuple[list[dict], list[dict]]:
-    """Rows of the scale and item tables for one scale and wave.
+    """Rows of the scale and item tables for scale ``j`` of ``sums``'s block.
 
-    Reverse keying ``x' = flip - x`` (``flip = min + max``) is applied to the moments:
-    covariances and correlations change sign by ``s s^T`` with ``s = -1`` for reversed
-    items, means become ``flip - mean``.
+    Reverse keying ``x' -> offset - x'`` is applied to the moments: covariances and
+    correlations change sign by ``s s^T`` with ``s = -1`` for reversed items.
     """
-    k = len(item_ids)
-    sign = np.where(reverse, -1.0, 1.0)
-    shift = np.where(reverse, flip, 0.0)
-    ss = np.outer(sign, sign)
-    centre = shift + sign * mom.centre[idx]  # reverse-keyed item centres
-    complete = count == k
+    sc = sums.scales[j]
+    k = len(sc.items)
+    ix = np.ix_(sc.idx, sc.idx)
+    ss = np.outer(sc.sign, sc.sign)
+    n_complete, cc_mean, cc_cov = sums.complete_cases(j)
     scale_rows: list[dict] = []
     item_rows: list[dict] = []
     for missing in config.missing:
@@ -452,27 +619,26 @@ def _scale_rows(
         stats: dict = {}
         loadings = np.full(k, np.nan)
         if missing == "pairwise":
-            n = int(summary["n_any"])
-            cov = ss * mom.cov[np.ix_(idx, idx)]
-            cor = ss * mom.cor[np.ix_(idx, idx)]
-            n_pair = mom.n_pair[np.ix_(idx, idx)]
+            pw_cov, pw_cor, pw_n, pw_mean = pairwise
+            n, score_mean, score_sd = sums.person_means(j)
+            cov, cor, n_pair = ss * pw_cov[ix], ss * pw_cor[ix], pw_n[ix]
             enough = n >= config.min_respondents and n_pair.min() >= config.min_respondents
-            score_mean, score_sd = summary["mean_any"], summary["sd_any"]
             item_n = np.diag(n_pair).astype(np.int64)
-            item_mean = shift + sign * mom.item_mean[idx]
+            item_mean = sc.offset + sc.sign * pw_mean[sc.idx]
         else:
-            n = int(complete.sum())
+            n = n_complete
             enough = n >= config.min_respondents
-            xc = mom.x0[np.ix_(complete, idx)] * sign
+            keyed = ss * cc_cov
             if enough:
-                xc_sum = xc.sum(axis=0)
-                cov = (xc.T @ xc - np.outer(xc_sum, xc_sum) / n) / (n - 1)
+                cov = keyed
                 cor = cov_to_cor(cov) if np.all(np.diag(cov) > 0) else cov
             else:
                 cov = cor = np.full((k, k), np.nan)
-            score_mean, score_sd = summary["mean_complete"], summary["sd_complete"]
+            # the complete cases' item mean is the mean of the k keyed items
             item_n = np.full(k, n)
-            item_mean = centre + xc.mean(axis=0) if n else np.full(k, np.nan)
+            item_mean = sc.offset + sc.sign * cc_mean
+            score_mean = float(item_mean.mean())
+            score_sd = float(np.sqrt(np.maximum(keyed.sum(), 0.0)) / k)
         with np.errstate(invalid="ignore"):
             item_sd = np.sqrt(np.diag(cov))
         if k < 2:
@@ -495,11 +661,11 @@ def _scale_rows(
         scale_rows.append(
             {
                 "instrument": instrument,
-                "scale": scale,
+                "scale": sc.name,
                 "wave": wave,
                 "missing": missing,
                 "n": n,
-                "n_complete": int(complete.sum()),
+                "n_complete": n_complete,
                 "n_items": k,
                 "alpha": stats.get("alpha"),
                 "std_alpha": stats.get("std_alpha"),
@@ -512,51 +678,25 @@ def _scale_rows(
             }
         )
         nan = np.full(k, np.nan)
-        for j, item in enumerate(item_ids):
+        for i, item in enumerate(sc.items):
             item_rows.append(
                 {
                     "instrument": instrument,
-                    "scale": scale,
+                    "scale": sc.name,
                     "wave": wave,
                     "missing": missing,
                     "item": item,
-                    "reverse": bool(reverse[j]),
-                    "n": int(item_n[j]),
-                    "mean": _num(item_mean[j]),
-                    "sd": _num(item_sd[j]),
-                    "r_drop": _num(stats.get("r_drop", nan)[j]),
-                    "alpha_if_deleted": _num(stats.get("alpha_if_deleted", nan)[j]),
-                    "std_alpha_if_deleted": _num(stats.get("std_alpha_if_deleted", nan)[j]),
-                    "loading": _num(loadings[j]),
+                    "reverse": bool(sc.reverse[i]),
+                    "n": int(item_n[i]),
+                    "mean": _num(item_mean[i]),
+                    "sd": _num(item_sd[i]),
+                    "r_drop": _num(stats.get("r_drop", nan)[i]),
+                    "alpha_if_deleted": _num(stats.get("alpha_if_deleted", nan)[i]),
+                    "std_alpha_if_deleted": _num(stats.get("std_alpha_if_deleted", nan)[i]),
+                    "loading": _num(loadings[i]),
                 }
             )
     return scale_rows, item_rows
-
-
-def _score_summaries(
-    counts: np.ndarray, row_sums: np.ndarray, n_items: np.ndarray
-) -> list[dict[str, float]]:
-    """Mean and sd of the person-level item mean, all scales of one wave at once.
-
-    ``any``: participants answering at least one item (psych's ``rowMeans(x, na.rm =
-    TRUE)``, the pairwise row); ``complete``: those answering all items (listwise).
-    """
-    out = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for mask_name, mask in (("any", counts > 0), ("complete", counts == n_items)):
-            pm = np.where(mask, row_sums / np.where(mask, counts, 1.0), 0.0)
-            n = mask.sum(axis=0).astype(np.float64)
-            mean = pm.sum(axis=0) / n
-            sd = np.sqrt((((pm - mean) * mask) ** 2).sum(axis=0) / (n - 1.0))
-            out.append((mask_name, n, mean, sd))
-    return [
-        {
-            f"{stat}_{name}": float(v[s])
-            for name, n, mean, sd in out
-            for stat, v in (("n", n), ("mean", mean), ("sd", sd))
-        }
-        for s in range(counts.shape[1])
-    ]
 
 
 def _num(v: float) -> float | None:
@@ -609,7 +749,9 @@ def compute_reliability(
     ----------
     responses
         Long table ``participant_id, wave, instrument, item, value`` (value null =
-        skipped item). A participant-wave with several rows for one item uses the first.
+        skipped item), one row per participant, wave and item as validation leaves it
+        (should an item repeat, one of its values is used). Row order does not matter;
+        the rows of one participant and wave being adjacent (as read) makes it faster.
     scales
         One row per scale item: ``instrument, scale, item, reverse, min, max``; reverse
         keyed items are rescored ``min + max - x`` on the item's own range before any
@@ -653,67 +795,15 @@ def compute_reliability(
     if missing_cols:
         raise ValueError(f"responses table lacks columns {sorted(missing_cols)}")
     table = _scale_table(scales)
-    scale_rows: list[dict] = []
-    item_rows: list[dict] = []
-    # items grouped by instrument, so that an instrument's columns are a view of the cube
+    # items grouped by instrument, so that an instrument's items are adjacent cube columns
     per_inst = table.select("instrument", "item").unique(maintain_order=True)
     dup = per_inst.filter(pl.col("item").is_duplicated())["item"].unique().to_list()
     if dup:
         raise ValueError(f"items {dup} belong to more than one instrument (ids are global)")
     all_items = per_inst.sort("instrument", maintain_order=True)["item"].to_list()
     waves, cube = _item_cube(responses, all_items, config.by_wave)
-    col = {it: j for j, it in enumerate(all_items)}
-    for (instrument,), inst_scales in table.group_by(["instrument"], maintain_order=True):
-        inst_items = np.sort([col[it] for it in inst_scales["item"].unique(maintain_order=True)])
-        inst_col = {all_items[c]: j for j, c in enumerate(inst_items)}
-        groups = [
-            (
-                str(scale),
-                np.array([inst_col[it] for it in sc["item"]]),
-                sc["item"].to_list(),
-                sc["reverse"].to_numpy(),
-                (sc["min"] + sc["max"]).to_numpy(),
-            )
-            for (scale,), sc in inst_scales.group_by(["scale"], maintain_order=True)
-        ]
-        n_inst = len(inst_items)
-        member = np.zeros((n_inst, len(groups)))
-        rev_all = np.zeros((n_inst, len(groups)), dtype=bool)
-        flip_all = np.zeros((n_inst, len(groups)))
-        for s, (_, idx, _, rev, flip) in enumerate(groups):
-            member[idx, s] = 1.0
-            rev_all[idx, s] = rev
-            flip_all[idx, s] = flip
-        sign_all = np.where(rev_all, -1.0, 1.0)
-        for j, wave in enumerate(waves):
-            # a view; rows of participants absent this wave are all NaN and contribute
-            # nothing (every statistic counts only observed values)
-            x = cube[j][:, inst_items[0] : inst_items[-1] + 1]
-            if np.isnan(x).all():
-                continue
-            mom = _WaveMoments.of(x)
-            # answered items and reverse-keyed item sums per participant, all scales at once
-            # (A^T X^T)^T rather than X A: OpenBLAS threads tall-skinny products badly
-            counts = (member.T @ mom.m.T).T
-            centres = np.where(rev_all, flip_all - mom.centre[:, None], mom.centre[:, None])
-            row_sums = ((member * sign_all).T @ mom.x0.T + (member * centres).T @ mom.m.T).T
-            summaries = _score_summaries(counts, row_sums, member.sum(axis=0))
-            for s, (scale, idx, ids, rev, flip) in enumerate(groups):
-                s_rows, i_rows = _scale_rows(
-                    str(instrument),
-                    scale,
-                    wave,
-                    mom,
-                    idx,
-                    ids,
-                    rev,
-                    flip,
-                    counts[:, s],
-                    summaries[s],
-                    config,
-                )
-                scale_rows.extend(s_rows)
-                item_rows.extend(i_rows)
+    with _one_blas_thread():
+        scale_rows, item_rows = _reliability_rows(table, all_items, waves, cube, config)
     if not scale_rows:
         return ReliabilityResult(_empty(SCALE_COLUMNS), _empty(ITEM_COLUMNS), "no_data", config)
     return ReliabilityResult(
@@ -722,3 +812,39 @@ def compute_reliability(
         "ok",
         config,
     )
+
+
+def _reliability_rows(
+    table: pl.DataFrame,
+    all_items: list[str],
+    waves: list[int | None],
+    cube: np.ndarray,
+    config: ReliabilityConfig,
+) -> tuple[list[dict], list[dict]]:
+    """Scale and item rows of every instrument, scale and wave block of ``cube``."""
+    scale_rows: list[dict] = []
+    item_rows: list[dict] = []
+    col = {it: j for j, it in enumerate(all_items)}
+    for (instrument,), inst_scales in table.group_by(["instrument"], maintain_order=True):
+        first = inst_scales.unique("item", keep="first", maintain_order=True)
+        lo = min(col[it] for it in first["item"])
+        column = {it: col[it] - lo for it in first["item"]}
+        # shift: the middle of each item's range (0 where the table gives none)
+        mid = ((first["min"] + first["max"]) / 2).fill_null(np.nan).to_numpy()
+        shift = np.zeros(len(column))
+        shift[[column[it] for it in first["item"]]] = np.where(np.isfinite(mid), mid, 0.0)
+        groups = [
+            _Scale.of(str(scale), sc, column, shift)
+            for (scale,), sc in inst_scales.group_by(["scale"], maintain_order=True)
+        ]
+        for j, wave in enumerate(waves):
+            # rows of participants absent this wave are all NaN and count nowhere
+            sums = _BlockSums.of(cube[j, :, lo : lo + len(column)], shift, groups)
+            if not sums.observed():
+                continue
+            pairwise = sums.pairwise()
+            for s in range(len(groups)):
+                s_rows, i_rows = _scale_rows(str(instrument), wave, sums, pairwise, s, config)
+                scale_rows.extend(s_rows)
+                item_rows.extend(i_rows)
+    return scale_rows, item_rows

@@ -333,3 +333,30 @@ def test_scale_items_table_from_the_instrument_library():
     assert set(who5["min"]) == {0} and set(who5["max"]) == {5}
     n_rows = sum(len(sc.items) for inst in lib for sc in inst.scales)
     assert table.height == n_rows
+
+
+def test_chunked_sums_and_row_order_do_not_change_the_result(bfi, scales, result, monkeypatch):
+    # participants are summed in chunks, those with a skipped item apart; the long rows'
+    # order only changes how participants are coded: neither may change any statistic
+    import instruments.reliability as rel
+
+    monkeypatch.setattr(rel, "_CHUNK_ROWS", 37)
+    long = bfi_long(bfi, scales["item"].to_list()).sample(fraction=1.0, shuffle=True, seed=4)
+    got = compute_reliability(long, scales, ReliabilityConfig())
+    for a, b in ((result.to_frame(), got.to_frame()), (result.items_frame(), got.items_frame())):
+        assert a.drop(pl.selectors.float()).equals(b.drop(pl.selectors.float()))
+        for c in a.select(pl.selectors.float()).columns:
+            tol = TOL_LOADING if c == "loading" else 1e-10
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), atol=tol, err_msg=c)
+
+
+def test_constant_item_has_zero_sd_exactly():
+    # integer responses are summed exactly (shifted to the middle of the range), so a
+    # constant item has sd 0, never a rounding residue that could pass as variance
+    items = ["q_1", "q_2", "q_3"]
+    rng = np.random.default_rng(1)
+    vals = [[int(a), int(b), 3] for a, b in rng.integers(0, 6, size=(40, 2))]
+    res = compute_reliability(_tiny(vals, items), _scales({"s": items}))
+    assert set(res.to_frame()["message"]) == {"zero_variance_item"}
+    sd = res.items_frame().filter(item="q_3")["sd"]
+    assert sd.to_list() == [0.0, 0.0]
