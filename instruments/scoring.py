@@ -412,9 +412,16 @@ def score_responses(
         + (keyed - pl.col("min")).cast(pl.Int64).fill_null(0) * _SHIFT
     )
     out_of_range = ((value < pl.col("min")) | (value > pl.col("max"))).fill_null(False)
+    # Participant ids (64-character pseudonyms in the pipeline) are grouped and sorted as
+    # an Enum of the sorted distinct ids: integer codes whose order is the text's order.
+    pid_enum = pl.Enum(
+        lf.select(pl.col("participant_id").cast(pl.String).drop_nulls().unique().sort())
+        .collect()
+        .to_series()
+    )
     rows = (
         lf.select(
-            pl.col("participant_id").cast(pl.String),
+            pl.col("participant_id").cast(pl.String).cast(pid_enum),
             pl.col("wave").cast(pl.Int32),
             pl.col("instrument").cast(pl.String),
             pl.col("item").cast(pl.String),
@@ -524,8 +531,10 @@ def score_responses(
             k.alias("items_answered"),
         )
         .with_columns(_band_expr(library).alias("band"))
-        .select(*(pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items()), "scale_key")
     )
     if sort:
+        # by the Enum's codes (the ids' lexical order), before they become text again
         scored = scored.sort("participant_id", "wave", "scale_key")
-    return scored.drop("scale_key").collect(engine="streaming")
+    return scored.select(
+        *(pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items())
+    ).collect(engine="streaming")

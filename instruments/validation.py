@@ -51,6 +51,7 @@ How the work is split, for speed (20 M rows in seconds, no Python loop over rows
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
@@ -273,10 +274,20 @@ def _parse_timestamps(txt: pl.Series) -> pl.Series:
 def _timestamp_columns(raw: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
     """Per row: parsed timestamp, ``bad`` (unparseable) and ``ws`` (parsed after stripping).
 
-    Timestamps are nearly unique per sitting, so they are parsed row by row (not via
-    distinct texts); surrounding whitespace is rare, so only texts that fail are stripped
-    and retried.
+    A sitting's rows share one timestamp and lie together in a long file, so each run of
+    equal consecutive texts is parsed once (``rle_id``) and the result gathered back;
+    surrounding whitespace is rare, so only texts that fail are stripped and retried.
     """
+    run = raw.rle_id()
+    first = pl.Series(
+        np.flatnonzero(np.diff(run.to_numpy(), prepend=-1)), dtype=pl.UInt32
+    )
+    ts, bad, ws = _timestamp_columns_distinct(raw.gather(first))
+    return ts.gather(run), bad.gather(run), ws.gather(run)
+
+
+def _timestamp_columns_distinct(raw: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """:func:`_timestamp_columns` on texts without repeats: parse, strip and retry."""
     ts = _parse_timestamps(raw)
     n = raw.len()
     retry = pl.Series(
@@ -417,6 +428,8 @@ def validate_responses(
     participants: pl.DataFrame | None,
     library: InstrumentLibrary,
     config: ValidationConfig | None = None,
+    *,
+    pseudonymise: Callable[[pl.Series], pl.Series] | None = None,
 ) -> ValidationResult:
     """Split the raw long table into valid responses and a quarantine with reasons.
 
@@ -433,6 +446,11 @@ def validate_responses(
         checks (:func:`instruments.schemas.build_item_schema`).
     config
         Options; defaults to :class:`ValidationConfig`.
+    pseudonymise
+        Applied to the distinct participant ids (stripped of whitespace) after they were
+        checked against ``participants``; the responses, the quarantine and the coercion
+        examples then carry only its output (e.g. keyed pseudonyms). ``participants`` holds
+        the ids as they appear in the files. None keeps the ids (quarantine: as written).
 
     Returns
     -------
@@ -512,54 +530,76 @@ def validate_responses(
     )
 
     # --- per-row reasons -----------------------------------------------------------------
+    # Participant ids are encoded like the other text columns: stripping, blank and
+    # membership tests run once per distinct id, and the duplicate key below is integer.
     pid_raw = frame["participant_id"]
-    pid = pid_raw.str.strip_chars()
-    pid = pl.select(_blank_to_null(pl.lit(pid))).to_series()
-    cols: dict[str, pl.Series] = {
-        "_pid": pid,
-        "_dom": domain_reason.gather(d_unique.search_sorted(d_code)),
-        "_bad_ts": bad_ts,
-    }
-    candidates = [
-        pl.when(pl.col("_pid").is_null()).then(code["missing_participant_id"]),
-        pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]),
-        pl.col("_dom"),
-    ]
+    pid_code, pid_txt = _encode(pid_raw)
+    pid_map = pid_txt.alias("raw").to_frame().with_columns(
+        _blank_to_null(pl.col("raw").str.strip_chars()).alias("pid")
+    )
+    # dense code of the *stripped* id (" p1" and "p1" are one participant); null last
+    pid_map = pid_map.with_columns(
+        pl.col("pid").rank("dense").fill_null(pid_map.height + 1).cast(pl.UInt64).alias("key")
+    )
+    pid_map = pid_map.with_columns(
+        (pseudonymise(pid_map["pid"]) if pseudonymise else pid_map["pid"]).alias("out")
+    )
+    missing_pid = pid_map["pid"].is_null()
+    unknown_pid = pl.Series(np.zeros(pid_map.height, dtype=bool))
     if participants is not None:
         known = participants["participant_id"].str.strip_chars().implode()
-        candidates.append(pl.when(~pl.col("_pid").is_in(known)).then(code["unknown_participant"]))
-    reason = pl.DataFrame(cols).select(pl.min_horizontal(candidates).alias("r"))["r"]
+        unknown_pid = ~missing_pid & ~pid_map["pid"].is_in(known).fill_null(False)
+    pid_reason = pl.select(
+        pl.when(pl.lit(missing_pid))
+        .then(code["missing_participant_id"])
+        .when(pl.lit(unknown_pid))
+        .then(code["unknown_participant"])
+    ).to_series()
+    reason = (
+        pl.DataFrame(
+            {
+                "_p": pid_reason.gather(pid_code),
+                "_dom": domain_reason.gather(d_unique.search_sorted(d_code)),
+                "_bad_ts": bad_ts,
+            }
+        )
+        .select(
+            pl.min_horizontal(
+                pl.col("_p"), pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]), "_dom"
+            ).alias("r")
+        )["r"]
+    )
 
     # --- duplicates among otherwise valid rows -------------------------------------------
-    # Candidates by a 64-bit hash of participant × wave × item, found by sorting hashes
-    # (faster than a hash table over tens of millions of keys); exact grouping runs on
-    # the few candidates only, so a hash collision cannot misclassify a row.
-    item_dense = pmap.select(pl.col("_item").rank("dense").cast(pl.UInt32))["_item"]
-    item_key = item_dense.gather(p_code)
+    # One exact integer key per participant × wave × item (dense codes, no hashing); the
+    # repeated keys are found by sorting, and grouped in full on those few rows only.
+    item_dense = pmap.select(pl.col("_item").rank("dense").cast(pl.UInt64))["_item"]
     wave_key = wmap["_wave"].gather(w_code)
-    keyed = pl.DataFrame(
-        {
-            "_ord": pl.int_range(0, rows_in, dtype=pl.UInt32, eager=True),
-            "_pid": pid,
-            "_wave": wave_key,
-            "_item": item_key,
-            "_v": vmap["_value"].gather(v_code),
-            "_r": reason,
-        }
+    wave_dense = wmap.select(pl.col("_wave").rank("dense").fill_null(0).cast(pl.UInt64))["_wave"]
+    n_item, n_wave = int(item_dense.max() or 0) + 1, int(wave_dense.max() or 0) + 1
+    key = (
+        pid_map["key"].gather(pid_code) * (n_wave * n_item)
+        + wave_dense.gather(w_code) * n_item
+        + item_dense.gather(p_code)
     )
-    clean = keyed.filter(pl.col("_r").is_null())
-    hashes = clean.select(pl.struct("_pid", "_wave", "_item").hash(seed=7))[:, 0]
-    sorted_h = hashes.sort()
-    repeated = sorted_h.filter((sorted_h == sorted_h.shift(1)).fill_null(False))
-    dup_ord = clean["_ord"].filter(hashes.is_in(repeated.unique().implode()))
-    if dup_ord.len():
-        dup_key = ["_pid", "_wave", "_item"]
+    clean_ord = reason.is_null().arg_true()
+    clean_key = key.gather(clean_ord)
+    sorted_k = clean_key.sort()
+    repeated = sorted_k.filter((sorted_k == sorted_k.shift(1)).fill_null(False))
+    if repeated.len():
+        dup_ord = clean_ord.filter(clean_key.is_in(repeated.unique().implode()))
         dup_codes = (
-            keyed.filter(pl.col("_ord").is_in(dup_ord.implode()))
+            pl.DataFrame(
+                {
+                    "_ord": dup_ord,
+                    "_key": key.gather(dup_ord),
+                    "_v": vmap["_value"].gather(v_code.gather(dup_ord)),
+                }
+            )
             .with_columns(
-                pl.len().over(dup_key).alias("_n"),
-                pl.col("_v").n_unique().over(dup_key).alias("_nu"),
-                (pl.col("_ord") == pl.col("_ord").min().over(dup_key)).alias("_first"),
+                pl.len().over("_key").alias("_n"),
+                pl.col("_v").n_unique().over("_key").alias("_nu"),
+                (pl.col("_ord") == pl.col("_ord").min().over("_key")).alias("_first"),
             )
             .select(
                 "_ord",
@@ -574,20 +614,28 @@ def validate_responses(
         reason = reason.scatter(dup_codes["_ord"], dup_codes["_dup"])
 
     ok = reason.is_null()
+    all_ok = reason.null_count() == rows_in
+
+    def keep(column: pl.Series) -> pl.Series:
+        return column if all_ok else column.filter(ok)
+
     responses = pl.DataFrame(
         {
-            "participant_id": pid.filter(ok),
-            "wave": wave_key.filter(ok).cast(pl.Int32),
-            "timestamp": ts.filter(ok).cast(pl.Datetime("us", "UTC")),
-            "instrument": pmap["_instrument"].gather(p_code.filter(ok)),
-            "item": pmap["_item"].gather(p_code.filter(ok)),
-            "value": vmap["_value"].gather(v_code.filter(ok)).cast(pl.Int16),
-            "source": frame["source"].filter(ok),
-            "row": frame["row"].filter(ok),
+            "participant_id": pid_map["out"].gather(keep(pid_code)),
+            "wave": keep(wave_key).cast(pl.Int32),
+            "timestamp": keep(ts).cast(pl.Datetime("us", "UTC")),
+            "instrument": pmap["_instrument"].gather(keep(p_code)),
+            "item": pmap["_item"].gather(keep(p_code)),
+            "value": vmap["_value"].gather(keep(v_code)).cast(pl.Int16),
+            "source": keep(frame["source"]),
+            "row": keep(frame["row"]),
         }
     )
     reason_names = {i: r for r, i in _PRIORITY.items()}
     bad = ~ok
+    if pseudonymise:
+        # quarantine rows and coercion examples show the pseudonym, never the raw id
+        frame = frame.with_columns(pid_map["out"].gather(pid_code).alias("participant_id"))
     quarantine = (
         frame.filter(bad)
         .select("source", "row", "participant_id", "wave", "column", "value")
@@ -604,7 +652,7 @@ def validate_responses(
             "wave": (w_code, wmap),
             "pair": (p_code, pmap),
         },
-        (pid_raw != pid).fill_null(False),
+        (pid_map["raw"] != pid_map["pid"]).fill_null(False).gather(pid_code),
         ts_ws,
     )
 

@@ -20,7 +20,7 @@ from instruments.scoring import score_responses
 from instruments.validation import ValidationResult, validate_responses
 from orchestration.readers import read_participants, read_surveys
 from orchestration.spec import StudySpec, load_study_spec
-from privacy.pseudonymise import drop_direct_identifiers, pseudonymise_ids
+from privacy.pseudonymise import drop_direct_identifiers, pseudonymise_ids, pseudonymise_series
 
 PSEUDONYM_ENV_DEFAULT = "FLOURISH_PSEUDONYM_KEY"
 
@@ -83,14 +83,17 @@ def ingest_study(study: Study) -> IngestResult:
     key = load_pseudonym_key(study.spec)
     participants = read_participants(study.spec)
     participants, identifiers = drop_direct_identifiers(participants, protect=("participant_id",))
-    participants = pseudonymise_ids(participants, "participant_id", key)
     raw = read_surveys(study.spec, study.library)
     try:
-        collected = raw.rows.collect()
+        rows = raw.rows.collect()
     except pl.exceptions.ComputeError as exc:
         raise _name_unparseable_file(study, raw.files, exc) from None
-    rows = pseudonymise_ids(collected, "participant_id", key)
-    validation = validate_responses(rows, participants, study.library)
+    # Validation sees the ids as written (so " p1" is stripped to "p1" before it is keyed)
+    # and pseudonymises the distinct ids; nothing downstream ever holds a raw id.
+    validation = validate_responses(
+        rows, participants, study.library, pseudonymise=lambda ids: pseudonymise_series(ids, key)
+    )
+    participants = pseudonymise_ids(participants, "participant_id", key)
     if raw.coercions is not None and raw.coercions.height:
         validation = validation.with_coercions(
             pl.concat([raw.coercions, validation.coercions], how="diagonal_relaxed")
@@ -324,7 +327,7 @@ def fit_posteriors(study: Study, panel: pl.DataFrame, participants: pl.DataFrame
         config = GrowthConfig(
             outcome=h.outcome, scale_range=inst.scale_range(scale), hypothesis=h.id, mid=mid,
             treatment_arm=plan.treatment_arm, control_arm=plan.control_arm, groups=groups,
-            chains=4, draws=1000, tune=1000, progress_callback=progress,
+            chains=4, draws=2000, tune=1500, progress_callback=progress,
         )
         result = fit_growth_model(data, config)
         result.write_posterior(study.out / ("posterior.nc" if not frames else f"posterior_{h.id}.nc"))

@@ -130,24 +130,33 @@ def pseudonymise_ids(frame: pl.DataFrame, column: str, key: bytes) -> pl.DataFra
     >>> out["participant_id"][0] == out["participant_id"][2], len(out["participant_id"][0])
     (True, 64)
     """
+    return frame.with_columns(pseudonymise_series(frame.get_column(column), key).alias(column))
+
+
+def pseudonymise_series(ids: pl.Series, key: bytes) -> pl.Series:
+    """The pseudonym of every id in ``ids`` (as text), nulls kept; same name and length.
+
+    HMAC runs once per distinct id (OpenSSL's one-shot ``hmac.digest``); the pseudonyms are
+    mapped back by each id's position among the distinct ids (an ``Enum``'s codes), a
+    gather rather than a join on text.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> out = pseudonymise_series(pl.Series(["a", None, "a"]), b"0123456789abcdef")
+    >>> out[0] == out[2] == pseudonym("a", b"0123456789abcdef"), out[1]
+    (True, None)
+    """
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"pseudonym key must be at least {MIN_KEY_BYTES} bytes")
-    ids = frame.get_column(column).cast(pl.String)
-    uniques = ids.drop_nulls().unique()
-    mapping = pl.DataFrame(
-        {
-            "__id": uniques,
-            "__pseudonym": pl.Series(
-                [pseudonym(v, key) for v in uniques.to_list()], dtype=pl.String
-            ),
-        }
+    text = ids.cast(pl.String)
+    uniques = text.drop_nulls().unique()
+    digest = hmac.digest
+    pseudonyms = pl.Series(
+        [digest(key, v.encode("utf-8"), "sha256").hex() for v in uniques.to_list()],
+        dtype=pl.String,
     )
-    return (
-        frame.with_columns(ids.alias(column))
-        .join(mapping, left_on=column, right_on="__id", how="left", maintain_order="left")
-        .with_columns(pl.col("__pseudonym").alias(column))
-        .drop("__pseudonym")
-    )
+    return pseudonyms.gather(text.cast(pl.Enum(uniques)).to_physical()).alias(ids.name)
 
 
 # ------------------------------------------------------------------ direct identifiers

@@ -1,0 +1,54 @@
+"""Participant ids through ingest: stripped before they are keyed, never stored raw.
+
+Reference: the pseudonym is HMAC-SHA256(key, id) (checked against RFC 4231 in
+tests/privacy); here the expected pseudonyms are computed with Python's ``hmac`` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import polars as pl
+
+from orchestration import pipeline
+
+KEY = "ab" * 32
+
+
+def _study(tmp_path, rows: str):
+    (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,control\nP2,treatment\n")
+    (tmp_path / "responses.csv").write_text("participant_id,wave,item,value\n" + rows)
+    (tmp_path / "study.toml").write_text(
+        'name = "ids"\noutput_dir = "out"\n[participants]\npath = "participants.csv"\n'
+        '[[survey]]\npath = "responses.csv"\nlayout = "long"\n'
+    )
+    (tmp_path / "pseudonym.key").write_text(KEY)
+    return pipeline.load_study(tmp_path / "study.toml")
+
+
+def _hmac(text: str) -> str:
+    return hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+def test_padded_id_is_the_same_participant_and_reported_as_a_coercion(tmp_path):
+    study = _study(tmp_path, " P1 ,0,who5_1,3\nP1,0,who5_2,4\nP2,0,who5_1,5\nP9,0,who5_1,1\n")
+    result = pipeline.ingest_study(study)
+    v = result.validation
+    assert v.summary.rows_in == 4 and v.summary.accepted == 3 and v.summary.quarantined == 1
+    # " P1 " and "P1" are one participant, keyed after stripping
+    assert sorted(v.responses["participant_id"].unique()) == sorted([_hmac("P1"), _hmac("P2")])
+    assert set(result.participants["participant_id"]) == {_hmac("P1"), _hmac("P2")}
+    assert v.quarantine["reason"].to_list() == ["unknown_participant"]
+    assert v.quarantine["participant_id"].to_list() == [_hmac("P9")]
+    ws = v.coercions.filter(pl.col("kind") == "participant_id_whitespace")
+    assert ws["rows"].to_list() == [1] and ws["first_row"].to_list() == [1]
+    # no raw id anywhere in what is kept
+    kept = pl.concat(
+        [
+            v.responses.select(pl.col("participant_id")),
+            v.quarantine.select(pl.col("participant_id")),
+            v.coercions.select(pl.col("example").alias("participant_id")),
+        ]
+    )["participant_id"].drop_nulls()
+    assert not kept.str.contains("P").any()
