@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
 import polars as pl
 
 from instruments.definition import InstrumentLibrary
@@ -414,11 +415,17 @@ def score_responses(
     out_of_range = ((value < pl.col("min")) | (value > pl.col("max"))).fill_null(False)
     # Participant ids (64-character pseudonyms in the pipeline) are grouped and sorted as
     # an Enum of the sorted distinct ids: integer codes whose order is the text's order.
-    pid_enum = pl.Enum(
+    pid_values = (
         lf.select(pl.col("participant_id").cast(pl.String).drop_nulls().unique().sort())
         .collect()
         .to_series()
     )
+    pid_enum = pl.Enum(pid_values)
+    w_lo, w_hi = (
+        lf.select(pl.col("wave").min().alias("lo"), pl.col("wave").max().alias("hi")).collect().row(0)
+    )
+    w_lo, n_w = int(w_lo or 0), int((w_hi or 0) - (w_lo or 0)) + 1
+    n_inst = len(library.ids())
     rows = (
         lf.select(
             pl.col("participant_id").cast(pl.String).cast(pid_enum),
@@ -447,20 +454,35 @@ def score_responses(
                 for j in range(n_slots)
             ),
         )
-    bits = (
-        [pl.col("bit").bitwise_or().alias("bits0")]
-        if n_words == 1
-        else [
-            pl.col("bit").filter(pl.col("word") == w).bitwise_or().alias(f"bits{w}")
-            for w in range(n_words)
-        ]
+    # Each item is one bit of its instrument's mask. A *sum* of distinct powers of two has
+    # one set bit per term; any item counted twice carries and loses set bits, so
+    # popcount(sum) < rows exactly when an item repeats (a wrapped u64 sum only loses more).
+    # Sums are a fast group_by aggregation; a bitwise OR is not.
+    rows = rows.with_columns(
+        pl.when(pl.col("word") == w).then(pl.col("bit")).otherwise(0).alias(f"bits{w}")
+        for w in range(n_words)
     )
+    bits = [pl.col(f"bits{w}").sum() for w in range(n_words)]
     sums = [f"p{j}" for j in range(n_slots)]
     if need_ranges:
         sums += [f"lo{j}" for j in range(n_slots)] + [f"w{j}" for j in range(n_slots)]
     wide = (
-        rows.group_by("participant_id", "wave", "inst_code")
+        # one integer group key (participant code x wave x instrument): a multi-column
+        # key costs a row encoding and a hash of it per row, several times slower
+        rows.group_by(
+            (
+                (pl.col("participant_id").to_physical().cast(pl.UInt64) * n_w
+                 + (pl.col("wave") - w_lo).cast(pl.UInt64)) * n_inst
+                + pl.col("inst_code").cast(pl.UInt64)
+            ).alias("_key")
+        )
         .agg(pl.col("row_count").sum(), *bits, pl.col(sums).sum())
+        .with_columns(
+            (pl.col("_key") // (n_w * n_inst)).cast(pl.UInt32).alias("participant_id"),
+            (pl.col("_key") // n_inst % n_w + w_lo).cast(pl.Int32).alias("wave"),
+            (pl.col("_key") % n_inst).cast(pl.UInt32).alias("inst_code"),
+        )
+        .drop("_key")
         .collect(engine="streaming")
     )
 
@@ -468,7 +490,7 @@ def score_responses(
         (pl.col("row_count") // (1 << 32)).sum().alias("out_of_range"),
         (
             pl.col("row_count") % (1 << 32)
-            > pl.sum_horizontal(
+            != pl.sum_horizontal(
                 pl.col(f"bits{w}").bitwise_count_ones().fill_null(0) for w in range(n_words)
             )
         )
@@ -487,9 +509,10 @@ def score_responses(
         )
 
     # Wide (one packed column per slot) to long (one row per scale): slot j only for the
-    # instruments that have more than j scales.
+    # instruments that have more than j scales. When sorted output is asked for, the long
+    # rows are sorted while they hold only integers, by one integer key.
     n_scales = scales.group_by("inst_code").agg(pl.len().alias("n"))
-    per_slot = [
+    long = pl.concat(
         wide.lazy()
         .filter(pl.col("inst_code").is_in(n_scales.filter(pl.col("n") > j)["inst_code"].to_list()))
         .select(
@@ -505,8 +528,31 @@ def score_responses(
             ),
         )
         for j in range(n_slots)
+    )
+    if sort:
+        long = long.sort(
+            (
+                (pl.col("participant_id").cast(pl.UInt64) * n_w
+                 + (pl.col("wave") - w_lo).cast(pl.UInt64)) * n_inst
+                + pl.col("inst_code")
+            ) * n_slots
+            + pl.col("slot")
+        )
+    # Per-scale constants by gathering from the (small) scales table at each row's scale
+    # key, rather than a join on (instrument, slot) that hashes every row.
+    key_of = np.full(n_inst * n_slots, -1, dtype=np.int64)
+    key_of[(scales["inst_code"] * n_slots + scales["slot"]).to_numpy()] = scales["scale_key"]
+    scale_key = pl.lit(pl.Series(key_of)).gather(
+        pl.col("inst_code").cast(pl.Int64) * n_slots + pl.col("slot")
+    )
+    by_key = scales.sort("scale_key")
+    constants = [
+        "instrument", "scale", "rule", "multiplier", "offset", "n_items", "required",
+        "lo_all", "width_all", "item_min",
     ]
-    long = pl.concat(per_slot).join(scales.lazy(), on=["inst_code", "slot"], how="inner")
+    long = long.with_columns(scale_key.cast(pl.UInt32).alias("scale_key")).with_columns(
+        pl.lit(by_key[c]).gather(pl.col("scale_key")).alias(c) for c in constants
+    )
 
     k = (pl.col("packed") % _SHIFT).cast(pl.Int32)
     lo_k = pl.col("lo_k").cast(pl.Float64) if need_ranges else k * pl.col("item_min")
@@ -532,9 +578,12 @@ def score_responses(
         )
         .with_columns(_band_expr(library).alias("band"))
     )
-    if sort:
-        # by the Enum's codes (the ids' lexical order), before they become text again
-        scored = scored.sort("participant_id", "wave", "scale_key")
+    # back to text by gathering the distinct ids (views of one buffer), not by casting the
+    # Enum (which copies every id, 64 bytes for a pseudonym, into each output row)
+    text_id = pl.lit(pid_values).gather(pl.col("participant_id"))
     return scored.select(
-        *(pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items())
+        *(
+            text_id.alias(name) if name == "participant_id" else pl.col(name).cast(dtype)
+            for name, dtype in SCORES_SCHEMA.items()
+        )
     ).collect(engine="streaming")

@@ -633,7 +633,8 @@ def validate_responses(
     )
     reason_names = {i: r for r, i in _PRIORITY.items()}
     bad = ~ok
-    if pseudonymise:
+    pid_ws = (pid_map["raw"] != pid_map["pid"]).fill_null(False)
+    if pseudonymise and (not all_ok or pid_ws.any()):
         # quarantine rows and coercion examples show the pseudonym, never the raw id
         frame = frame.with_columns(pid_map["out"].gather(pid_code).alias("participant_id"))
     quarantine = (
@@ -645,14 +646,14 @@ def validate_responses(
         .cast(QUARANTINE_COLUMNS)
     )
     coercions = _coercions(
-        frame.select("source", "row", "column", "value", "participant_id", "wave"),
+        frame,  # not a select: on a many-chunk frame that rechunks (copies) every column
         ok,
         {
             "value": (v_code, vmap),
             "wave": (w_code, wmap),
             "pair": (p_code, pmap),
         },
-        (pid_map["raw"] != pid_map["pid"]).fill_null(False).gather(pid_code),
+        pid_ws.gather(pid_code) if pid_ws.any() else pl.Series(np.zeros(rows_in, dtype=bool)),
         ts_ws,
     )
 

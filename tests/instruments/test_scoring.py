@@ -452,3 +452,21 @@ def test_reverse_keying_in_data_equals_reverse_keying_in_definition(rows: list[t
     ).equals(b.select("participant_id", "wave", "instrument", "scale", "items_answered", "band"))
     diff = (a["score"] - b["score"]).abs().fill_null(0)
     assert a["score"].is_null().equals(b["score"].is_null()) and diff.max() <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [("a", 0, "who5_1", 2)],  # 1 + 1 carries into bit 1, which who5_2 also holds
+        [("a", 0, "who5_1", 2), ("a", 0, "who5_1", 3)],  # three times
+        [("a", 0, "who5_5", 2), ("a", 0, "who5_4", 1)],  # two repeats, carries chain upward
+    ],
+)
+def test_repeated_items_are_detected_whatever_the_carries(extra) -> None:
+    """The duplicate check compares rows with the set bits of a *sum* of item bits."""
+    with pytest.raises(ValueError, match="more than once"):
+        score_responses(_long(_answers("a", "who5", [1, 2, 3, 4, 5]) + extra), LIB)
+    # the same rows for another participant each are fine
+    fine = _answers("a", "who5", [1, 2, 3, 4, 5]) + [(f"b{i}", 0, it, v) for i, (_, _, it, v)
+                                                      in enumerate(extra)]
+    assert score_responses(_long(fine), LIB).height > 0
