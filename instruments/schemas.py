@@ -27,6 +27,7 @@ QuarantineReason = Literal[
     "invalid_timestamp",
     "unknown_item",
     "instrument_mismatch",
+    "instrument_not_in_survey",
     "non_numeric_value",
     "non_integer_value",
     "out_of_range",

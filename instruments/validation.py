@@ -12,7 +12,9 @@ Decisions (each is a test in ``tests/instruments/test_validation.py``):
   outside the item's own response range is ``out_of_range``.
 - An item id no instrument of the library defines is ``unknown_item``; a stated
   instrument that does not define the item is ``instrument_mismatch``; a missing
-  instrument (wide layouts) is inferred from the item.
+  instrument (wide layouts) is inferred from the item. When the caller says which
+  instruments each source file administers (a survey's ``instruments = [...]``), an item of
+  any other instrument is ``instrument_not_in_survey``.
 - A blank participant id is ``missing_participant_id``; an id absent from the
   participants table (when one is given) is ``unknown_participant``.
 - A wave that is blank, not a whole number or negative is ``invalid_wave``; a timestamp
@@ -51,7 +53,7 @@ How the work is split, for speed (20 M rows in seconds, no Python loop over rows
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
@@ -430,6 +432,7 @@ def validate_responses(
     config: ValidationConfig | None = None,
     *,
     pseudonymise: Callable[[pl.Series], pl.Series] | None = None,
+    survey_instruments: Mapping[str, Collection[str]] | None = None,
 ) -> ValidationResult:
     """Split the raw long table into valid responses and a quarantine with reasons.
 
@@ -451,6 +454,10 @@ def validate_responses(
         checked against ``participants``; the responses, the quarantine and the coercion
         examples then carry only its output (e.g. keyed pseudonyms). ``participants`` holds
         the ids as they appear in the files. None keeps the ids (quarantine: as written).
+    survey_instruments
+        Per ``source`` (as in the raw table), the instruments that file administers; an item
+        of another instrument is quarantined as ``instrument_not_in_survey``. Sources not
+        named (or named with no instruments) accept every instrument of ``library``.
 
     Returns
     -------
@@ -561,11 +568,15 @@ def validate_responses(
                 "_p": pid_reason.gather(pid_code),
                 "_dom": domain_reason.gather(d_unique.search_sorted(d_code)),
                 "_bad_ts": bad_ts,
+                "_survey": _outside_survey(frame["source"], p_code, pmap, survey_instruments),
             }
         )
         .select(
             pl.min_horizontal(
-                pl.col("_p"), pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]), "_dom"
+                pl.col("_p"),
+                pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]),
+                "_dom",
+                pl.when(pl.col("_survey")).then(code["instrument_not_in_survey"]),
             ).alias("r")
         )["r"]
     )
@@ -694,6 +705,40 @@ def validate_responses(
         message=message,
         item_failures=failures_out,
     )
+
+
+def _outside_survey(
+    source: pl.Series,
+    p_code: pl.Series,
+    pmap: pl.DataFrame,
+    survey_instruments: Mapping[str, Collection[str]] | None,
+) -> pl.Series:
+    """Per row: its (known) instrument is not one its source file administers.
+
+    Decided once per distinct (source, instrument/item pair) and gathered back.
+    """
+    n = source.len()
+    restricted = {k: set(v) for k, v in (survey_instruments or {}).items() if v}
+    if not restricted or n == 0:
+        return pl.Series(np.zeros(n, dtype=bool))
+    s_code, s_txt = _encode(source)
+    n_pairs = pmap.height
+    key = s_code.cast(pl.UInt64) * n_pairs + p_code.cast(pl.UInt64)
+    distinct = key.unique().sort()
+    pairs = pl.DataFrame(
+        {
+            "source": s_txt.gather(distinct // n_pairs),
+            "instrument": pmap["_instrument"].gather(distinct % n_pairs),
+        }
+    )
+    outside = pl.Series(
+        [
+            src in restricted and inst is not None and inst not in restricted[src]
+            for src, inst in pairs.iter_rows()  # distinct pairs: a handful, not rows
+        ],
+        dtype=pl.Boolean,
+    )
+    return outside.gather(distinct.search_sorted(key))
 
 
 def _coercions(

@@ -44,6 +44,15 @@ def load_study(spec_path: Path | str) -> Study:
     """Load a study spec and the instrument library it needs (built-ins + its own folders)."""
     spec = load_study_spec(spec_path)
     library = load_library(spec.instrument_dirs)
+    for i, survey in enumerate(spec.survey):
+        unknown = [x for x in survey.instruments if x not in library.ids()]
+        if unknown:
+            from orchestration.spec import StudySpecError
+
+            raise StudySpecError(
+                spec_path, f"survey.{i}.instruments",
+                f"unknown instrument(s) {unknown}; the library has {list(library.ids())}",
+            )
     return Study(spec=spec, library=library)
 
 
@@ -91,7 +100,8 @@ def ingest_study(study: Study) -> IngestResult:
     # Validation sees the ids as written (so " p1" is stripped to "p1" before it is keyed)
     # and pseudonymises the distinct ids; nothing downstream ever holds a raw id.
     validation = validate_responses(
-        rows, participants, study.library, pseudonymise=lambda ids: pseudonymise_series(ids, key)
+        rows, participants, study.library, pseudonymise=lambda ids: pseudonymise_series(ids, key),
+        survey_instruments=raw.instruments_by_source,
     )
     participants = pseudonymise_ids(participants, "participant_id", key)
     if raw.coercions is not None and raw.coercions.height:

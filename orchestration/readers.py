@@ -103,12 +103,15 @@ class RawSurvey:
         cell (``rows`` = 1, ``first_row`` null, ``example`` the header as written).
     files
         Every file read, as reported in ``source``, in reading order.
+    instruments_by_source
+        For files of a survey that lists its ``instruments``: those ids, by ``source``.
     """
 
     rows: pl.LazyFrame
     file_issues: pl.DataFrame
     coercions: pl.DataFrame
     files: list[str] = field(default_factory=list)
+    instruments_by_source: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _display(spec: StudySpec, path: Path) -> str:
@@ -388,6 +391,7 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
     issues: list[dict[str, object]] = []
     coercions: list[dict[str, object]] = []
     files: list[str] = []
+    by_source: dict[str, tuple[str, ...]] = {}
     for survey in spec.survey:
         for path in expand_paths(spec, survey.path):
             try:
@@ -396,6 +400,8 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
                 detail = str(exc).strip().splitlines()[0]
                 raise IngestError(path, f"cannot parse: {detail}") from None
             files.append(_display(spec, path))
+            if survey.instruments:
+                by_source[files[-1]] = tuple(survey.instruments)
             issues += got.issues
             coercions += got.coercions
             if got.rows is not None:
@@ -406,6 +412,7 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
         file_issues=pl.DataFrame(issues, schema=FILE_ISSUE_SCHEMA),
         coercions=pl.DataFrame(coercions, schema=COERCION_SCHEMA),
         files=files,
+        instruments_by_source=by_source,
     )
 
 

@@ -577,3 +577,23 @@ def test_timestamp_whitespace_and_blank(library):
     assert res.responses["timestamp"].to_list() == [dt.datetime(2024, 3, 1, 10, tzinfo=UTC), None]
     c = res.coercions.filter(pl.col("kind") == "field_whitespace")
     assert c.select("column", "rows", "first_row").rows() == [("timestamp", 1, 1)]
+
+
+def test_items_of_an_instrument_the_survey_does_not_administer(library):
+    """A source restricted to WHO-5 quarantines the test instrument's items; an
+    unrestricted source accepts them; row accounting holds."""
+    frame = raw(
+        {},
+        {"instrument": "tst", "item": "tst_1"},  # s.csv administers who5 only
+        {"instrument": None, "item": "tst_2", "value": "5"},  # instrument inferred: tst
+        {"source": "t.csv", "participant_id": "P2", "instrument": "tst", "item": "tst_1"},
+        {"instrument": "tst", "item": "who5_2"},  # the mismatch is reported first
+    )
+    res = validate_responses(frame, None, library, survey_instruments={"s.csv": ["who5"]})
+    check_accounting(res)
+    assert reasons(res) == ["instrument_not_in_survey", "instrument_not_in_survey",
+                            "instrument_mismatch"]
+    assert sorted(res.responses["item"].to_list()) == ["tst_1", "who5_1"]
+    # without the restriction every row but the mismatch is accepted
+    free = validate_responses(frame, None, library)
+    assert reasons(free) == ["instrument_mismatch"]

@@ -10,8 +10,10 @@ import hashlib
 import hmac
 
 import polars as pl
+import pytest
 
 from orchestration import pipeline
+from orchestration.spec import StudySpecError
 
 KEY = "ab" * 32
 
@@ -52,3 +54,17 @@ def test_padded_id_is_the_same_participant_and_reported_as_a_coercion(tmp_path):
         ]
     )["participant_id"].drop_nulls()
     assert not kept.str.contains("P").any()
+
+
+def test_survey_instruments_are_enforced_and_must_exist(tmp_path):
+    study = _study(tmp_path, "P1,0,who5_1,3\nP1,0,swls_1,4\n")
+    spec = (tmp_path / "study.toml").read_text()
+    (tmp_path / "study.toml").write_text(spec + 'instruments = ["who5"]\n')
+    v = pipeline.ingest_study(pipeline.load_study(tmp_path / "study.toml")).validation
+    assert v.summary.accepted == 1
+    assert v.quarantine["reason"].to_list() == ["instrument_not_in_survey"]
+    assert v.quarantine["row"].to_list() == [2]
+    (tmp_path / "study.toml").write_text(spec + 'instruments = ["who5", "who6"]\n')
+    with pytest.raises(StudySpecError, match=r"survey\.0\.instruments.*who6"):
+        pipeline.load_study(tmp_path / "study.toml")
+    assert study.spec.survey[0].instruments == []
