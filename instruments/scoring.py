@@ -415,17 +415,24 @@ def score_responses(
     out_of_range = ((value < pl.col("min")) | (value > pl.col("max"))).fill_null(False)
     # Participant ids (64-character pseudonyms in the pipeline) are grouped and sorted as
     # an Enum of the sorted distinct ids: integer codes whose order is the text's order.
-    pid_values = (
-        lf.select(pl.col("participant_id").cast(pl.String).drop_nulls().unique().sort())
-        .collect()
-        .to_series()
+    ids, waves = pl.collect_all(
+        [
+            lf.select(pl.col("participant_id").cast(pl.String).drop_nulls().unique().sort()),
+            lf.select(pl.col("wave").min().alias("lo"), pl.col("wave").max().alias("hi")),
+        ]
     )
+    pid_values = ids.to_series()
     pid_enum = pl.Enum(pid_values)
-    w_lo, w_hi = (
-        lf.select(pl.col("wave").min().alias("lo"), pl.col("wave").max().alias("hi")).collect().row(0)
-    )
+    w_lo, w_hi = waves.row(0)
     w_lo, n_w = int(w_lo or 0), int((w_hi or 0) - (w_lo or 0)) + 1
     n_inst = len(library.ids())
+
+    def group_key(pid: pl.Expr) -> pl.Expr:
+        """One integer per participant (code) x wave x instrument, ordered the same way."""
+        return (
+            pid.cast(pl.UInt64) * n_w + (pl.col("wave") - w_lo).cast(pl.UInt64)
+        ) * n_inst + pl.col("inst_code").cast(pl.UInt64)
+
     rows = (
         lf.select(
             pl.col("participant_id").cast(pl.String).cast(pid_enum),
@@ -469,13 +476,7 @@ def score_responses(
     wide = (
         # one integer group key (participant code x wave x instrument): a multi-column
         # key costs a row encoding and a hash of it per row, several times slower
-        rows.group_by(
-            (
-                (pl.col("participant_id").to_physical().cast(pl.UInt64) * n_w
-                 + (pl.col("wave") - w_lo).cast(pl.UInt64)) * n_inst
-                + pl.col("inst_code").cast(pl.UInt64)
-            ).alias("_key")
-        )
+        rows.group_by(group_key(pl.col("participant_id").to_physical()).alias("_key"))
         .agg(pl.col("row_count").sum(), *bits, pl.col(sums).sum())
         .with_columns(
             (pl.col("_key") // (n_w * n_inst)).cast(pl.UInt32).alias("participant_id"),
@@ -530,14 +531,7 @@ def score_responses(
         for j in range(n_slots)
     )
     if sort:
-        long = long.sort(
-            (
-                (pl.col("participant_id").cast(pl.UInt64) * n_w
-                 + (pl.col("wave") - w_lo).cast(pl.UInt64)) * n_inst
-                + pl.col("inst_code")
-            ) * n_slots
-            + pl.col("slot")
-        )
+        long = long.sort(group_key(pl.col("participant_id")) * n_slots + pl.col("slot"))
     # Per-scale constants by gathering from the (small) scales table at each row's scale
     # key, rather than a join on (instrument, slot) that hashes every row.
     key_of = np.full(n_inst * n_slots, -1, dtype=np.int64)

@@ -19,7 +19,7 @@ from instruments.definition import InstrumentLibrary, load_library
 from instruments.scoring import score_responses
 from instruments.validation import ValidationResult, validate_responses
 from orchestration.readers import read_participants, read_surveys
-from orchestration.spec import StudySpec, load_study_spec
+from orchestration.spec import StudySpec, StudySpecError, load_study_spec
 from privacy.pseudonymise import drop_direct_identifiers, pseudonymise_ids, pseudonymise_series
 
 PSEUDONYM_ENV_DEFAULT = "FLOURISH_PSEUDONYM_KEY"
@@ -47,8 +47,6 @@ def load_study(spec_path: Path | str) -> Study:
     for i, survey in enumerate(spec.survey):
         unknown = [x for x in survey.instruments if x not in library.ids()]
         if unknown:
-            from orchestration.spec import StudySpecError
-
             raise StudySpecError(
                 spec_path, f"survey.{i}.instruments",
                 f"unknown instrument(s) {unknown}; the library has {list(library.ids())}",
@@ -97,13 +95,24 @@ def ingest_study(study: Study) -> IngestResult:
         rows = raw.rows.collect()
     except pl.exceptions.ComputeError as exc:
         raise _name_unparseable_file(study, raw.files, exc) from None
+    keyed = pseudonymise_ids(participants, "participant_id", key)
+    known = pl.DataFrame({"raw": participants["participant_id"], "out": keyed["participant_id"]})
+
+    def pseudonymise(ids: pl.Series) -> pl.Series:
+        """The participants table's pseudonyms, computed once; HMAC only for ids it lacks."""
+        out = ids.to_frame("raw").join(known, on="raw", how="left", maintain_order="left")["out"]
+        new = out.is_null() & ids.is_not_null()
+        if new.any():
+            out = out.scatter(new.arg_true(), pseudonymise_series(ids.filter(new), key))
+        return out
+
     # Validation sees the ids as written (so " p1" is stripped to "p1" before it is keyed)
     # and pseudonymises the distinct ids; nothing downstream ever holds a raw id.
     validation = validate_responses(
-        rows, participants, study.library, pseudonymise=lambda ids: pseudonymise_series(ids, key),
+        rows, participants, study.library, pseudonymise=pseudonymise,
         survey_instruments=raw.instruments_by_source,
     )
-    participants = pseudonymise_ids(participants, "participant_id", key)
+    participants = keyed
     if raw.coercions is not None and raw.coercions.height:
         validation = validation.with_coercions(
             pl.concat([raw.coercions, validation.coercions], how="diagonal_relaxed")

@@ -12,7 +12,6 @@ as ``(column, kind, n_values, action, detected_by)`` for the validation summary.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -97,7 +96,7 @@ def pseudonym(value: str, key: bytes) -> str:
     >>> pseudonym("P001", b"k" * 16)[:12]
     'fb14ebea2a80'
     """
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, value.encode("utf-8"), "sha256").hex()
 
 
 def pseudonymise_ids(frame: pl.DataFrame, column: str, key: bytes) -> pl.DataFrame:
@@ -136,9 +135,9 @@ def pseudonymise_ids(frame: pl.DataFrame, column: str, key: bytes) -> pl.DataFra
 def pseudonymise_series(ids: pl.Series, key: bytes) -> pl.Series:
     """The pseudonym of every id in ``ids`` (as text), nulls kept; same name and length.
 
-    HMAC runs once per distinct id (OpenSSL's one-shot ``hmac.digest``); the pseudonyms are
-    mapped back by each id's position among the distinct ids (an ``Enum``'s codes), a
-    gather rather than a join on text.
+    :func:`pseudonym` runs once per distinct id; the pseudonyms are mapped back by each
+    id's position among the distinct ids (an ``Enum``'s codes), a gather rather than a join
+    on text.
 
     Examples
     --------
@@ -151,11 +150,7 @@ def pseudonymise_series(ids: pl.Series, key: bytes) -> pl.Series:
         raise ValueError(f"pseudonym key must be at least {MIN_KEY_BYTES} bytes")
     text = ids.cast(pl.String)
     uniques = text.drop_nulls().unique()
-    digest = hmac.digest
-    pseudonyms = pl.Series(
-        [digest(key, v.encode("utf-8"), "sha256").hex() for v in uniques.to_list()],
-        dtype=pl.String,
-    )
+    pseudonyms = pl.Series([pseudonym(v, key) for v in uniques.to_list()], dtype=pl.String)
     return pseudonyms.gather(text.cast(pl.Enum(uniques)).to_physical()).alias(ids.name)
 
 
