@@ -57,7 +57,7 @@ from models.growth_spec import (
 )
 
 GateStatus = Literal["pass", "fail"]
-Backend = Literal["numba", "c"]
+Backend = Literal["auto", "kernel", "numba", "c"]
 ProgressStage = Literal["preparing", "compiling", "sampling", "summarising", "done"]
 MessageCode = Literal[
     "ok", "gate_failed", "empty_arm", "too_few_participants", "no_variance", "too_few_waves"
@@ -377,23 +377,41 @@ def compile_growth_model(
     data: GrowthData,
     kind: ModelKind = "marginal",
     *,
-    backend: Backend = "numba",
+    backend: Backend = "auto",
     cache: bool = True,
 ) -> CompiledGrowthModel:
-    """Compile with nutpie, reusing a cached compilation when possible.
+    """Compile for nutpie, reusing a cached compilation when possible.
 
-    ``backend="numba"`` (default) is nutpie's own path (fast gradients, compile not reused
-    across processes); ``backend="c"`` compiles with pytensor's C backend, whose compiled
-    modules pytensor caches on disk, so a new process recompiles in seconds (gradients are
-    Python calls, slower per step; one fit at a time per cached structure).
+    Backends: ``"kernel"`` (the marginal model only) is ``models.growth_kernel``: the same
+    log density and gradient written out by hand and compiled once per machine (numba
+    caches it on disk), tested equal to this module's PyMC model; ``"numba"`` is nutpie's
+    own compile of the PyMC model (20-30 s per fit on 2 cores, not reused across
+    processes); ``"c"`` compiles with pytensor's C backend, whose compiled modules pytensor
+    caches on disk (gradients are Python calls, slower per step; one fit at a time per
+    cached structure). ``"auto"`` is ``"kernel"`` for the marginal model and ``"numba"`` for
+    the latent one.
 
-    The cache key is the model's structure (kind, pooled factors and their numbers of
-    levels, and for the latent model the number of participants); data and priors are
-    shared variables swapped in with ``CompiledPyMCModel.with_data``, so refitting another
-    outcome, another study or a simulated replicate of the same structure skips the
-    compile (seconds instead of ~10-30 s; see ``benchmarks/bench_growth.py``). The cache
-    is per process (numba ``cfunc`` objects do not pickle).
+    For the PyMC backends the cache key is the model's structure (kind, pooled factors and
+    their numbers of levels, and for the latent model the number of participants); data and
+    priors are shared variables swapped in with ``CompiledPyMCModel.with_data``, so refitting
+    another outcome, another study or a simulated replicate of the same structure skips the
+    compile. The cache is per process (numba ``cfunc`` objects do not pickle).
     """
+    if backend == "auto":
+        backend = "kernel" if kind == "marginal" else "numba"
+    if backend == "kernel":
+        if kind != "marginal":
+            raise ValueError("the kernel backend implements the marginal model only")
+        from models.growth_kernel import build_kernel_model, kernel_is_compiled
+
+        start = time.perf_counter()
+        warm = kernel_is_compiled()
+        return CompiledGrowthModel(
+            kind=kind,
+            compiled=build_kernel_model(spec, data),
+            compile_seconds=time.perf_counter() - start,
+            from_cache=warm,
+        )
     import nutpie
 
     design = data.design
@@ -592,7 +610,7 @@ class GrowthConfig:
     model
         ``marginal`` (random effects integrated out; fast) or ``latent`` (reference).
     backend
-        ``numba`` or ``c`` (see ``compile_growth_model``).
+        ``auto`` (default), ``kernel``, ``numba`` or ``c`` (see ``compile_growth_model``).
     draws, tune, chains, cores, seed, target_accept
         NUTS settings (nutpie); ``draws`` are per chain, after ``tune`` warm-up draws.
     hdi_prob
@@ -618,7 +636,7 @@ class GrowthConfig:
     final_time: float | None = None
     baseline_wave: int = 0
     model: ModelKind = "marginal"
-    backend: Backend = "numba"
+    backend: Backend = "auto"
     draws: int = 1000
     tune: int = 1000
     chains: int = 4
