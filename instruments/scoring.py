@@ -1,9 +1,10 @@
 """Scoring: turn the long responses table into the scores table, from instrument definitions.
 
-Every scale of every instrument is scored by one vectorised polars query: a scale-membership
-table (one row per instrument x scale x item, built once from the library) is joined to the
-responses and aggregated with a single ``group_by``. Nothing here loops over data rows or over
-scales at query time; Python loops only read the (small) definitions.
+Every scale of every instrument is scored from dense integer codes: the answers are scattered
+into an administrations x items cube (one row per participant x wave x instrument) and each
+instrument's scales are one matrix product of its cube with an item x scale membership matrix
+built once from the library. Nothing here loops over data rows; Python loops run over
+instruments and the (small) definitions.
 
 Scoring rules (``docs/contracts.md``):
 
@@ -17,18 +18,17 @@ Scoring rules (``docs/contracts.md``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import polars as pl
 
 from instruments.definition import InstrumentLibrary
+from instruments.encoding import encode_text
 
 #: Columns of the responses table that scoring reads.
 RESPONSE_COLUMNS: Final = ("participant_id", "wave", "instrument", "item", "value")
-
-# Packing base for per-slot sums: answered-item count in the low 20 bits (see score_responses).
-_SHIFT: Final = 1 << 20
 
 #: The scores table (``scores.parquet``) schema, in column order.
 SCORES_SCHEMA: Final = pl.Schema(
@@ -194,116 +194,147 @@ def scale_table(library: InstrumentLibrary) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def _scale_frame(library: InstrumentLibrary) -> pl.DataFrame:
-    """Per-scale constants: ids, slot within its instrument, rule, multiplier/offset, ranges.
+#: Administrations are numbered by counting over a dense participant x wave x instrument grid
+#: when it has at most this many cells per row (+ the minimum); else by sorting their keys.
+_DENSE_CELLS_PER_ROW = 4
+_DENSE_CELLS_MIN = 1024
 
-    ``lo_all``/``width_all`` are the summed minimum and width (``max - min``) of all the
-    scale's items, used to prorate sums over items with unequal ranges.
+
+@dataclass(frozen=True)
+class _Instrument:
+    """One instrument's scoring constants, as arrays over its items and scales.
+
+    ``membership`` is items x scales (1 where the item belongs to the scale); per-scale
+    arrays are in the definition's scale order, ``scale_keys`` their library-wide numbers.
     """
-    rows: list[dict[str, object]] = []
-    key = 0
+
+    code: int
+    n_items: int
+    lo: np.ndarray
+    hi: np.ndarray
+    reverse: np.ndarray
+    membership: np.ndarray
+    scale_keys: np.ndarray
+    is_mean: np.ndarray
+    n_scale_items: np.ndarray
+    required: np.ndarray
+    multiplier: np.ndarray
+    offset: np.ndarray
+    lo_all: np.ndarray
+    width_all: np.ndarray
+    bands: tuple[tuple[tuple[float, int], ...], ...]
+
+
+@dataclass(frozen=True)
+class _Library:
+    """The library as arrays: item slots (instruments' items in library order), scales."""
+
+    instruments: tuple[_Instrument, ...]
+    item_ids: tuple[str, ...]
+    slot_owner: np.ndarray
+    slot_pos: np.ndarray
+    slot_lo: np.ndarray
+    slot_hi: np.ndarray
+    scale_instrument: tuple[str, ...]
+    scale_names: tuple[str, ...]
+    band_labels: tuple[str, ...]
+    need_ranges: bool
+
+
+def _library_arrays(library: InstrumentLibrary) -> _Library:
+    insts: list[_Instrument] = []
+    item_ids: list[str] = []
+    owner: list[int] = []
+    scale_inst: list[str] = []
+    scale_names: list[str] = []
+    labels: list[str] = []
+    equal_ranges = True
     for code, inst_id in enumerate(library.ids()):
         inst = library[inst_id]
-        for slot, s in enumerate(inst.scales):
-            ranges = [inst.item_range(i) for i in s.items]
-            rows.append(
-                {
-                    "scale_key": key,
-                    "inst_code": code,
-                    "slot": slot,
-                    "instrument": inst.id,
-                    "scale": s.id,
-                    "rule": s.rule,
-                    "multiplier": float(s.multiplier),
-                    "offset": float(s.offset),
-                    "n_items": len(s.items),
-                    "required": s.required_items,
-                    "lo_all": float(sum(lo for lo, _ in ranges)),
-                    "width_all": float(sum(hi - lo for lo, hi in ranges)),
-                    "equal_ranges": len(set(ranges)) == 1,
-                    "item_min": float(ranges[0][0]),
-                }
+        items = [it.id for it in inst.items]
+        ranges = np.array([inst.item_range(i) for i in items], dtype=np.int64).reshape(-1, 2)
+        pos = {item: p for p, item in enumerate(items)}
+        member = np.zeros((len(items), len(inst.scales)))
+        bands: list[tuple[tuple[float, int], ...]] = []
+        for j, s in enumerate(inst.scales):
+            member[[pos[i] for i in s.items], j] = 1.0
+            equal_ranges &= len({inst.item_range(i) for i in s.items}) == 1
+            bands.append(tuple((float(b.upper), len(labels) + n) for n, b in enumerate(s.bands)))
+            labels += [b.label for b in s.bands]
+        scales = inst.scales
+        first_key = len(scale_names)
+        insts.append(
+            _Instrument(
+                code=code,
+                n_items=len(items),
+                lo=ranges[:, 0],
+                hi=ranges[:, 1],
+                reverse=np.array([it.reverse for it in inst.items], dtype=bool),
+                membership=member,
+                scale_keys=np.arange(first_key, first_key + len(scales)),
+                is_mean=np.array([s.rule == "mean" for s in scales]),
+                n_scale_items=np.array([len(s.items) for s in scales], dtype=np.float64),
+                required=np.array([s.required_items for s in scales], dtype=np.float64),
+                multiplier=np.array([float(s.multiplier) for s in scales]),
+                offset=np.array([float(s.offset) for s in scales]),
+                lo_all=member.T @ ranges[:, 0].astype(np.float64),
+                width_all=member.T @ (ranges[:, 1] - ranges[:, 0]).astype(np.float64),
+                bands=tuple(bands),
             )
-            key += 1
-    schema = {
-        "scale_key": pl.UInt32,
-        "inst_code": pl.UInt32,
-        "slot": pl.UInt32,
-        "instrument": pl.String,
-        "scale": pl.String,
-        "rule": pl.String,
-        "multiplier": pl.Float64,
-        "offset": pl.Float64,
-        "n_items": pl.Int32,
-        "required": pl.Int32,
-        "lo_all": pl.Float64,
-        "width_all": pl.Float64,
-        "equal_ranges": pl.Boolean,
-        "item_min": pl.Float64,
-    }
-    return pl.DataFrame(rows, schema=schema)
+        )
+        item_ids += items
+        owner += [code] * len(items)
+        scale_inst += [inst.id] * len(scales)
+        scale_names += [s.id for s in scales]
+    return _Library(
+        instruments=tuple(insts),
+        item_ids=tuple(item_ids),
+        slot_owner=np.array(owner, dtype=np.int64),
+        slot_pos=np.concatenate([np.arange(i.n_items) for i in insts]).astype(np.int64),
+        slot_lo=np.concatenate([i.lo for i in insts]),
+        slot_hi=np.concatenate([i.hi for i in insts]),
+        scale_instrument=tuple(scale_inst),
+        scale_names=tuple(scale_names),
+        band_labels=tuple(labels),
+        need_ranges=not equal_ranges,
+    )
 
 
-def _item_frame(library: InstrumentLibrary, n_slots: int, n_words: int) -> pl.DataFrame:
-    """One row per item: instrument, range, keying and scale membership flags.
+def _lookup(distinct: pl.Series, known: list[str]) -> np.ndarray:
+    """Index in ``known`` of each distinct text (-1: unknown or null)."""
+    index = {t: n for n, t in enumerate(known)}
+    return np.array([index.get(t, -1) for t in distinct.to_list()], dtype=np.int64)
 
-    Membership: which of the instrument's scales (slots ``0..n_slots-1``, in file order) the
-    item belongs to, as 0/1 columns ``m0, m1, ...``. ``word``/``bit`` place the item in a
-    per-instrument bit set (64 items per word) so that duplicated item rows can be detected
-    without a second group_by.
+
+def _score_block(inst: _Instrument, keyed: np.ndarray, answered: np.ndarray, need_ranges: bool):
+    """Scores of one instrument's administrations (rows of the item cubes).
+
+    ``keyed``/``answered``: administrations x items (keyed values, 0 where unanswered).
+    Returns score (float64), null (bool), answered items (int) and band (label index, -1
+    none), each administrations x scales. Sums are exact (integers in floating point);
+    the formulas are those of :func:`score_responses`, in the same operation order.
     """
-    rows: list[dict[str, object]] = []
-    for code, inst_id in enumerate(library.ids()):
-        inst = library[inst_id]
-        for pos, it in enumerate(inst.items):
-            lo, hi = inst.item_range(it.id)
-            row: dict[str, object] = {
-                "item": it.id,
-                "instrument_def": inst.id,
-                "inst_code": code,
-                "min": lo,
-                "max": hi,
-                "reverse": it.reverse,
-                "word": pos // 64,
-                "bit": 1 << (pos % 64),
-            }
-            for slot in range(n_slots):
-                in_scale = slot < len(inst.scales) and it.id in inst.scales[slot].items
-                row[f"m{slot}"] = int(in_scale)
-            rows.append(row)
-    schema: dict[str, pl.DataType] = {
-        "item": pl.String(),
-        "instrument_def": pl.String(),
-        "inst_code": pl.UInt32(),
-        "min": pl.Int32(),
-        "max": pl.Int32(),
-        "reverse": pl.Boolean(),
-        "word": pl.Int32(),
-        "bit": pl.UInt64(),
-    }
-    schema.update({f"m{slot}": pl.Int32() for slot in range(n_slots)})
-    return pl.DataFrame(rows, schema=schema)
-
-
-def _band_expr(library: InstrumentLibrary) -> pl.Expr:
-    """``when(scale is s and score <= upper) then label ...`` over every band of every scale.
-
-    Bands are ascending with inclusive upper bounds, so the first matching condition of a
-    scale is its band; a null score matches nothing and gets a null band.
-    """
-    chain = None
-    key = 0
-    for inst_id in library.ids():
-        for s in library[inst_id].scales:
-            for band in s.bands:
-                cond = (pl.col("scale_key") == key) & (pl.col("score") <= band.upper)
-                chain = (pl.when(cond) if chain is None else chain.when(cond)).then(
-                    pl.lit(band.label)
-                )
-            key += 1
-    if chain is None:
-        return pl.lit(None, dtype=pl.String)
-    return chain.otherwise(pl.lit(None, dtype=pl.String))
+    member = inst.membership.astype(keyed.dtype)
+    total = (keyed @ member).astype(np.float64)
+    k = (answered @ member).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if need_ranges:
+            lo_k = (answered @ (member * inst.lo[:, None])).astype(np.float64)
+            width = (answered @ (member * (inst.hi - inst.lo)[:, None])).astype(np.float64)
+            prorated = (inst.lo_all * width + (total - lo_k) * inst.width_all) / width
+        else:
+            prorated = total * inst.n_scale_items / k
+        raw = np.where(
+            inst.is_mean, total / k, np.where(k == inst.n_scale_items, total, prorated)
+        )
+    null = k < inst.required
+    score = inst.multiplier * raw + inst.offset
+    band = np.full(score.shape, -1, dtype=np.int64)
+    for j, bands in enumerate(inst.bands):
+        col = score[:, j]
+        for upper, label in reversed(bands):  # the first band whose upper is not exceeded
+            band[(col <= upper) & ~null[:, j], j] = label
+    return score, null, k.astype(np.int16), band
 
 
 def score_responses(
@@ -336,6 +367,14 @@ def score_responses(
     Rows whose (instrument, item) the library does not define are ignored: validation
     quarantines them before scoring.
 
+    How (no loop over rows, no group_by): participant ids and item ids become dense integer
+    codes (:func:`instruments.encoding.encode_text`); each administration (participant x
+    wave x instrument, numbered in output order) is a row of a dense administrations x
+    items cube into which the values are scattered, and every scale's answered count and
+    keyed sum is one matrix product of the cube with the instrument's item x scale
+    membership matrix. Sums of integers are exact in floating point, so the scores are
+    those of the formulas above evaluated per row.
+
     Parameters
     ----------
     responses
@@ -345,21 +384,21 @@ def score_responses(
     library
         The instrument definitions.
     sort
-        Sort the rows by participant, wave, instrument and scale (library order). Off by
-        default: rows then come in no particular order, and sorting millions of output rows
-        by a string id costs about as much as scoring them.
+        Kept for compatibility: the rows always come sorted by participant, wave,
+        instrument and scale (library order), which costs nothing in this method.
 
     Returns
     -------
     pl.DataFrame
         Columns ``participant_id, wave, instrument, scale, score, items_answered, band``
-        (:data:`SCORES_SCHEMA`); in no particular order unless ``sort``.
+        (:data:`SCORES_SCHEMA`), sorted as above.
 
     Raises
     ------
     ValueError
         If a required column is missing, or the table was not validated: a value outside its
-        item's range, or an item answered twice in one wave (a programmer error upstream).
+        item's range, an item answered twice in one wave, or a null participant id or wave
+        (a programmer error upstream).
 
     Examples
     --------
@@ -379,205 +418,133 @@ def score_responses(
     >>> scores.select("participant_id", "scale", "score", "items_answered", "band").rows()
     [('a', 'raw', 15.0, 5, None), ('a', 'total', 60.0, 5, 'adequate_wellbeing'), ('b', 'raw', None, 4, None), ('b', 'total', None, 4, None)]
     """  # noqa: E501
-    lf = responses.lazy()
-    missing = [c for c in RESPONSE_COLUMNS if c not in lf.collect_schema().names()]
+    missing = [c for c in RESPONSE_COLUMNS if c not in responses.collect_schema().names()]
     if missing:
         raise ValueError(f"responses lack column(s) {missing}; expected {list(RESPONSE_COLUMNS)}")
     if not library.ids():
         return pl.DataFrame(schema=SCORES_SCHEMA)
+    lib = _library_arrays(library)
+    frame = responses.lazy().select(
+        pl.col("participant_id").cast(pl.String),
+        pl.col("wave").cast(pl.Int32),
+        pl.col("instrument").cast(pl.String),
+        pl.col("item").cast(pl.String),
+        pl.col("value").cast(pl.Int32),
+    ).collect()
 
-    scales = _scale_frame(library)
-    n_slots = max(len(inst.scales) for inst in library)
-    n_words = (max(len(inst.items) for inst in library) + 63) // 64
-    items = _item_frame(library, n_slots, n_words)
-    # Sums of the answered items' minima and widths are needed only where a scale's items
-    # have unequal ranges (else they are k * min and k * width).
-    need_ranges = not scales["equal_ranges"].all()
+    # --- each row's item slot (library order); rows the library does not define drop out
+    inst_code, inst_txt = encode_text(frame["instrument"])
+    item_code, item_txt = encode_text(frame["item"])
+    slot = _lookup(item_txt, list(lib.item_ids))[item_code.to_numpy()]
+    owner = np.where(slot >= 0, lib.slot_owner[slot], -1)
+    defined = owner == _lookup(inst_txt, library.ids())[inst_code.to_numpy()]
+    defined &= slot >= 0
+    pid_code, pid_txt = encode_text(frame["participant_id"])
+    wave = frame["wave"]
+    if (pid_code == pid_txt.len() - 1).filter(pl.Series(defined)).any() or (
+        wave.is_null().to_numpy() & defined
+    ).any():
+        raise ValueError("null participant id or wave: validate the responses before scoring")
+    value = frame["value"]
+    answered = value.is_not_null().to_numpy()
+    v = value.fill_null(0).to_numpy()
+    pid, w = pid_code.to_numpy(), wave.fill_null(0).to_numpy()
+    if not defined.all():
+        slot, owner, answered, v, pid, w = (a[defined] for a in (slot, owner, answered, v, pid, w))
+    n_rows = slot.size
+    if n_rows == 0:
+        return pl.DataFrame(schema=SCORES_SCHEMA)
 
-    # One row per response, no expansion: each item row carries 0/1 flags m0..m{n_slots-1}
-    # for the scales of its instrument it belongs to, and ONE group_by per participant x
-    # wave x instrument sums the flagged values slot by slot. To halve the number of
-    # aggregations, each slot sums one packed integer per answered item,
-    #     1 + 2**20 * (keyed - min)            (0 for a skipped item),
-    # so that the slot total is  k + 2**20 * sum(keyed - min):  k (answered items, < 2**20)
-    # in the low bits and the shifted keyed sum (>= 0 for in-range values) above. Likewise
-    # each row counts  1 + 2**32 * (value out of range).
-    value = pl.col("value")
-    keyed = (
-        pl.when(pl.col("reverse"))
-        .then(reverse_key(value, pl.col("min"), pl.col("max")))
-        .otherwise(value)
-    )
-    packed = (
-        value.is_not_null().cast(pl.Int64)
-        + (keyed - pl.col("min")).cast(pl.Int64).fill_null(0) * _SHIFT
-    )
-    out_of_range = ((value < pl.col("min")) | (value > pl.col("max"))).fill_null(False)
-    # Participant ids (64-character pseudonyms in the pipeline) are grouped and sorted as
-    # an Enum of the sorted distinct ids: integer codes whose order is the text's order.
-    ids, waves = pl.collect_all(
-        [
-            lf.select(pl.col("participant_id").cast(pl.String).drop_nulls().unique().sort()),
-            lf.select(pl.col("wave").min().alias("lo"), pl.col("wave").max().alias("hi")),
-        ]
-    )
-    pid_values = ids.to_series()
-    pid_enum = pl.Enum(pid_values)
-    w_lo, w_hi = waves.row(0)
-    w_lo, n_w = int(w_lo or 0), int((w_hi or 0) - (w_lo or 0)) + 1
-    n_inst = len(library.ids())
-
-    def group_key(pid: pl.Expr) -> pl.Expr:
-        """One integer per participant (code) x wave x instrument, ordered the same way."""
-        return (
-            pid.cast(pl.UInt64) * n_w + (pl.col("wave") - w_lo).cast(pl.UInt64)
-        ) * n_inst + pl.col("inst_code").cast(pl.UInt64)
-
-    rows = (
-        lf.select(
-            pl.col("participant_id").cast(pl.String).cast(pid_enum),
-            pl.col("wave").cast(pl.Int32),
-            pl.col("instrument").cast(pl.String),
-            pl.col("item").cast(pl.String),
-            value.cast(pl.Int32),
-        )
-        .join(items.lazy(), on="item", how="inner")
-        .filter(pl.col("instrument") == pl.col("instrument_def"))
-        .with_columns(
-            packed.alias("packed"),
-            (1 + out_of_range.cast(pl.Int64) * (1 << 32)).alias("row_count"),
-        )
-        .with_columns((pl.col("packed") * pl.col(f"m{j}")).alias(f"p{j}") for j in range(n_slots))
-    )
-    answered_int = pl.col("value").is_not_null().cast(pl.Int32)
-    if need_ranges:
-        rows = rows.with_columns(
-            *(
-                (answered_int * pl.col(f"m{j}") * pl.col("min")).alias(f"lo{j}")
-                for j in range(n_slots)
-            ),
-            *(
-                (answered_int * pl.col(f"m{j}") * (pl.col("max") - pl.col("min"))).alias(f"w{j}")
-                for j in range(n_slots)
-            ),
-        )
-    # Each item is one bit of its instrument's mask. A *sum* of distinct powers of two has
-    # one set bit per term; any item counted twice carries and loses set bits, so
-    # popcount(sum) < rows exactly when an item repeats (a wrapped u64 sum only loses more).
-    # Sums are a fast group_by aggregation; a bitwise OR is not.
-    rows = rows.with_columns(
-        pl.when(pl.col("word") == w).then(pl.col("bit")).otherwise(0).alias(f"bits{w}")
-        for w in range(n_words)
-    )
-    bits = [pl.col(f"bits{w}").sum() for w in range(n_words)]
-    sums = [f"p{j}" for j in range(n_slots)]
-    if need_ranges:
-        sums += [f"lo{j}" for j in range(n_slots)] + [f"w{j}" for j in range(n_slots)]
-    wide = (
-        # one integer group key (participant code x wave x instrument): a multi-column
-        # key costs a row encoding and a hash of it per row, several times slower
-        rows.group_by(group_key(pl.col("participant_id").to_physical()).alias("_key"))
-        .agg(pl.col("row_count").sum(), *bits, pl.col(sums).sum())
-        .with_columns(
-            (pl.col("_key") // (n_w * n_inst)).cast(pl.UInt32).alias("participant_id"),
-            (pl.col("_key") // n_inst % n_w + w_lo).cast(pl.Int32).alias("wave"),
-            (pl.col("_key") % n_inst).cast(pl.UInt32).alias("inst_code"),
-        )
-        .drop("_key")
-        .collect(engine="streaming")
-    )
-
-    checks = wide.select(
-        (pl.col("row_count") // (1 << 32)).sum().alias("out_of_range"),
-        (
-            pl.col("row_count") % (1 << 32)
-            != pl.sum_horizontal(
-                pl.col(f"bits{w}").bitwise_count_ones().fill_null(0) for w in range(n_words)
-            )
-        )
-        .sum()
-        .alias("duplicated"),
-    ).row(0)
-    if checks[0]:
+    outside = answered & ((v < lib.slot_lo[slot]) | (v > lib.slot_hi[slot]))
+    if outside.any():
         raise ValueError(
-            f"{checks[0]} response value(s) lie outside their item's range: validate the "
-            "responses before scoring"
-        )
-    if checks[1]:
-        raise ValueError(
-            f"{checks[1]} participant x wave x instrument group(s) have an item more than once: "
-            "deduplicate the responses before scoring"
+            f"{int(outside.sum())} response value(s) lie outside their item's range: validate "
+            "the responses before scoring"
         )
 
-    # Wide (one packed column per slot) to long (one row per scale): slot j only for the
-    # instruments that have more than j scales. When sorted output is asked for, the long
-    # rows are sorted while they hold only integers, by one integer key.
-    n_scales = scales.group_by("inst_code").agg(pl.len().alias("n"))
-    long = pl.concat(
-        wide.lazy()
-        .filter(pl.col("inst_code").is_in(n_scales.filter(pl.col("n") > j)["inst_code"].to_list()))
-        .select(
-            "participant_id",
-            "wave",
-            "inst_code",
-            pl.lit(j, dtype=pl.UInt32).alias("slot"),
-            pl.col(f"p{j}").alias("packed"),
-            *(
-                [pl.col(f"lo{j}").alias("lo_k"), pl.col(f"w{j}").alias("width_k")]
-                if need_ranges
-                else []
-            ),
-        )
-        for j in range(n_slots)
-    )
-    if sort:
-        long = long.sort(group_key(pl.col("participant_id")) * n_slots + pl.col("slot"))
-    # Per-scale constants by gathering from the (small) scales table at each row's scale
-    # key, rather than a join on (instrument, slot) that hashes every row.
-    key_of = np.full(n_inst * n_slots, -1, dtype=np.int64)
-    key_of[(scales["inst_code"] * n_slots + scales["slot"]).to_numpy()] = scales["scale_key"]
-    scale_key = pl.lit(pl.Series(key_of)).gather(
-        pl.col("inst_code").cast(pl.Int64) * n_slots + pl.col("slot")
-    )
-    by_key = scales.sort("scale_key")
-    constants = [
-        "instrument", "scale", "rule", "multiplier", "offset", "n_items", "required",
-        "lo_all", "width_all", "item_min",
-    ]
-    long = long.with_columns(scale_key.cast(pl.UInt32).alias("scale_key")).with_columns(
-        pl.lit(by_key[c]).gather(pl.col("scale_key")).alias(c) for c in constants
-    )
-
-    k = (pl.col("packed") % _SHIFT).cast(pl.Int32)
-    lo_k = pl.col("lo_k").cast(pl.Float64) if need_ranges else k * pl.col("item_min")
-    keyed_sum = (pl.col("packed") // _SHIFT).cast(pl.Float64) + lo_k
-    if need_ranges:
-        width_k = pl.col("width_k").cast(pl.Float64)
-        prorated = (pl.col("lo_all") * width_k + (keyed_sum - lo_k) * pl.col("width_all")) / width_k
+    # --- administrations: participant x wave x instrument, numbered in output order
+    present_inst = np.flatnonzero(np.bincount(owner, minlength=len(lib.instruments)))
+    local = np.full(len(lib.instruments), -1, dtype=np.int64)
+    local[present_inst] = np.arange(present_inst.size)
+    m = present_inst.size
+    limit = _DENSE_CELLS_PER_ROW * n_rows + _DENSE_CELLS_MIN
+    w_lo, w_hi = int(w.min()), int(w.max())
+    n_pid = pid_txt.len() - 1
+    if n_pid * (w_hi - w_lo + 1) * m <= limit:
+        waves, w_code = np.arange(w_lo, w_hi + 1), (w - w_lo).astype(np.int64)
     else:
-        prorated = keyed_sum * pl.col("n_items") / k
-    raw = (
-        pl.when(k < pl.col("required"))
-        .then(None)
-        .when(pl.col("rule") == "mean")
-        .then(keyed_sum / k)
-        .when(k == pl.col("n_items"))
-        .then(keyed_sum)
-        .otherwise(prorated)
-    )
-    scored = (
-        long.with_columns(
-            (pl.col("multiplier") * raw + pl.col("offset")).alias("score"),
-            k.alias("items_answered"),
+        waves, w_code = np.unique(w, return_inverse=True)
+    key = (pid.astype(np.int64) * waves.size + w_code) * m + local[owner]
+    if n_pid * waves.size * m <= limit:
+        present = np.bincount(key, minlength=n_pid * waves.size * m) > 0
+        adm_key = np.flatnonzero(present)
+        rank = np.cumsum(present) - 1
+        adm = rank[key]
+    else:
+        adm_key, adm = np.unique(key, return_inverse=True)
+    n_adm = adm_key.size
+
+    # --- the cube: administrations x item position, one cell per (administration, item)
+    width = max(lib.instruments[i].n_items for i in present_inst)
+    cell = adm * width + lib.slot_pos[slot]
+    counts = np.bincount(cell, minlength=n_adm * width).reshape(n_adm, width)
+    repeated = int((counts > 1).any(axis=1).sum())
+    if repeated:
+        raise ValueError(
+            f"{repeated} participant x wave x instrument group(s) have an item more than "
+            "once: deduplicate the responses before scoring"
         )
-        .with_columns(_band_expr(library).alias("band"))
-    )
-    # back to text by gathering the distinct ids (views of one buffer), not by casting the
-    # Enum (which copies every id, 64 bytes for a pseudonym, into each output row)
-    text_id = pl.lit(pid_values).gather(pl.col("participant_id"))
-    return scored.select(
-        *(
-            text_id.alias(name) if name == "participant_id" else pl.col(name).cast(dtype)
-            for name, dtype in SCORES_SCHEMA.items()
+    # float32 holds every sum exactly while |sum| < 2**24 (values are Int16 after validation)
+    bound = max(int(np.abs(np.concatenate([lib.slot_lo, lib.slot_hi])).max()), 1) * width
+    dtype = np.float32 if bound < 2**24 else np.float64
+    keyed = np.zeros(n_adm * width, dtype=dtype)
+    keyed[cell] = v  # a skipped item's value is 0 here, as is an empty cell's
+    keyed = keyed.reshape(n_adm, width)
+    is_answered = np.zeros(n_adm * width, dtype=dtype)
+    is_answered[cell] = answered
+    is_answered = is_answered.reshape(n_adm, width)
+
+    # --- per instrument: scales by matrix products; rows placed in output order
+    adm_inst = present_inst[adm_key % m]
+    n_out = np.array([len(i.scale_keys) for i in lib.instruments])[adm_inst]
+    start = np.cumsum(n_out) - n_out
+    total = int(n_out.sum())
+    out_adm = np.empty(total, dtype=np.int64)
+    out_scale = np.empty(total, dtype=np.int64)
+    out_score = np.empty(total, dtype=np.float64)
+    out_null = np.empty(total, dtype=bool)
+    out_k = np.empty(total, dtype=np.int16)
+    out_band = np.empty(total, dtype=np.int64)
+    for i in present_inst:
+        inst = lib.instruments[i]
+        rows = np.flatnonzero(adm_inst == i)
+        x = keyed[rows, : inst.n_items]
+        a = is_answered[rows, : inst.n_items]
+        for p in np.flatnonzero(inst.reverse):  # reverse_key on the answered cells
+            x[:, p] = np.where(a[:, p] > 0, inst.lo[p] + inst.hi[p] - x[:, p], 0)
+        score, null, k, band = _score_block(inst, x, a, lib.need_ranges)
+        at = (start[rows][:, None] + np.arange(len(inst.scale_keys))).ravel()
+        out_adm[at] = np.repeat(rows, len(inst.scale_keys))
+        out_scale[at] = np.tile(inst.scale_keys, rows.size)
+        out_score[at], out_null[at], out_k[at], out_band[at] = (
+            score.ravel(), null.ravel(), k.ravel(), band.ravel()
         )
-    ).collect(engine="streaming")
+
+    group = adm_key[out_adm] // m
+    labels = pl.Series(list(lib.band_labels) + [None], dtype=pl.String)
+    out_band[out_band < 0] = len(lib.band_labels)
+    scale_key = pl.Series(out_scale, dtype=pl.UInt32)
+    return pl.DataFrame(
+        {
+            "participant_id": pid_txt.gather(pl.Series(group // waves.size, dtype=pl.UInt32)),
+            "wave": pl.Series(waves[group % waves.size], dtype=pl.Int32),
+            "instrument": pl.Series(lib.scale_instrument, dtype=pl.String).gather(scale_key),
+            "scale": pl.Series(lib.scale_names, dtype=pl.String).gather(scale_key),
+            "score": pl.select(
+                pl.when(pl.lit(pl.Series(~out_null))).then(pl.lit(pl.Series(out_score)))
+            ).to_series(),
+            "items_answered": pl.Series(out_k, dtype=pl.Int16),
+            "band": labels.gather(pl.Series(out_band, dtype=pl.UInt32)),
+        },
+        schema=SCORES_SCHEMA,
+    )

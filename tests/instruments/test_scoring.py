@@ -463,10 +463,24 @@ def test_reverse_keying_in_data_equals_reverse_keying_in_definition(rows: list[t
     ],
 )
 def test_repeated_items_are_detected_whatever_the_carries(extra) -> None:
-    """The duplicate check compares rows with the set bits of a *sum* of item bits."""
+    """Any repeat of an item in an administration is found, however many and wherever."""
     with pytest.raises(ValueError, match="more than once"):
         score_responses(_long(_answers("a", "who5", [1, 2, 3, 4, 5]) + extra), LIB)
     # the same rows for another participant each are fine
     fine = _answers("a", "who5", [1, 2, 3, 4, 5]) + [(f"b{i}", 0, it, v) for i, (_, _, it, v)
                                                       in enumerate(extra)]
     assert score_responses(_long(fine), LIB).height > 0
+
+
+@PROPERTY_SETTINGS
+@given(administrations())
+def test_sorted_numbering_of_administrations_equals_the_dense_grid(rows: list[tuple]) -> None:
+    """Both ways of numbering participant x wave x instrument give the same scores."""
+    dense = score_responses(_long(rows), LIB)
+    far = _long(rows).with_columns(pl.col("wave") * 1_000_000)  # a grid too sparse to count
+    got = score_responses(far, LIB).with_columns(pl.col("wave") // 1_000_000)
+    assert got.equals(dense)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(instruments.scoring, "_DENSE_CELLS_PER_ROW", 0)
+        mp.setattr(instruments.scoring, "_DENSE_CELLS_MIN", 0)
+        assert score_responses(_long(rows), LIB).equals(dense)
