@@ -30,11 +30,16 @@ Decisions (each is a test in ``tests/instruments/test_validation.py``):
 
 How the work is split, for speed (20 M rows in seconds, no Python loop over rows):
 
-1. Values, waves, instruments and item ids repeat massively (a handful of distinct
-   texts). Each is encoded once into dense integer codes (a cast to a polars ``Enum`` of
-   its distinct texts); parsing, stripping and NA handling run once per *distinct* text
-   and are gathered back by code. Timestamps (nearly one per sitting) are parsed per
-   row, trying each ISO layout only on what earlier layouts left unparsed.
+1. Values, waves, instruments, item ids and participant ids repeat massively (a handful
+   of distinct texts, or one text over a run of rows). Each is encoded once into dense
+   integer codes (:func:`instruments.encoding.encode_text`: a cast to a polars ``Enum`` of
+   its distinct texts, once per run for columns that come in runs); parsing, stripping
+   and NA handling run once per *distinct* text and are gathered back by code.
+   Timestamps (nearly one per sitting) are parsed once per run of equal texts, trying
+   each ISO layout only on what earlier layouts left unparsed. Codes are combined into
+   one integer key per row in place (fresh full-length arrays cost more than the
+   arithmetic), and distinct keys are found by counting in a dense table where the key
+   space is small, by sorting otherwise.
 2. The checks generated from the instrument definitions
    (:func:`instruments.schemas.build_item_schema`) depend on a row only through
    ``(instrument, item, value, wave)``. pandera validates the *distinct* combinations of
@@ -43,10 +48,14 @@ How the work is split, for speed (20 M rows in seconds, no Python loop over rows
    every row with that combination. pandera is thus what detects unknown items,
    instrument mismatches, non-integer and out-of-range values and negative waves
    (``ValidationResult.item_failures`` lists what it found).
-3. Missing / unknown participants and timestamps are polars expressions; duplicates are
-   found by sorting a 64-bit hash of participant × wave × item (then grouped exactly on
-   the few candidates, so a hash collision cannot misclassify).
-4. The accepted table is validated against :class:`instruments.schemas.ResponsesSchema`
+3. Missing / unknown participants are decided per distinct id, timestamps per run, and
+   gathered. Duplicates use one exact integer key per participant × wave × item (dense
+   codes, no hash): marking each key in a boolean table of all possible keys rules
+   repeats out without a sort; only when some key repeats (or the table would be too
+   large) are the keys sorted and the few repeated ones grouped in full.
+4. The accepted rows' typed columns are gathered from small typed lookup tables;
+   instrument and item texts that need no rewrite are the raw columns themselves.
+5. The accepted table is validated against :class:`instruments.schemas.ResponsesSchema`
    and the item schema at ``SCHEMA_AND_DATA`` as a gate that proves the output contract
    (``ValidationConfig.check_contract``); a failure there is a bug and raises.
 """
@@ -63,6 +72,7 @@ import polars as pl
 from pandera.config import ValidationDepth, config_context
 
 from instruments.definition import InstrumentLibrary
+from instruments.encoding import encode_text
 from instruments.schemas import (
     ITEM_CHECK_REASON,
     QUARANTINE_REASONS,
@@ -355,18 +365,62 @@ def _item_failures(domain: pl.DataFrame, library: InstrumentLibrary) -> pl.DataF
     return empty
 
 
-def _encode(column: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """Dense codes of a text column: ``(codes UInt32, distinct texts)``.
+#: Distinct combination keys are found by counting (a dense table) up to this many possible
+#: keys, else by sorting.
+_DENSE_KEYS_MAX = 1 << 24
+#: Repeated participant × wave × item keys are ruled out by marking a boolean table of this
+#: many possible keys at most (256 MiB), else looked for by sorting.
+_MARK_KEYS_MAX = 1 << 28
 
-    ``distinct[codes[i]] == column[i]``; null is the last distinct entry. Casting to an
-    ``Enum`` of the distinct texts is one fast lookup per row, and everything derived
-    from the text is then computed once per distinct text and *gathered* by code.
+
+def _combine(first: pl.Series, *rest: tuple[int, pl.Series | np.ndarray]) -> pl.Series:
+    """One integer key per row from dense codes, mixed radix: ``(first * n1 + c1) * n2 + c2``.
+
+    ``rest`` holds ``(n, codes)`` with ``0 <= codes < n``. Computed in place in one array
+    (UInt32 when the key space allows): a chain of Series operations would allocate a new
+    full-length array per operation, and on 20 M rows fresh memory costs more than the
+    arithmetic.
     """
-    values = column.drop_nulls().unique().sort()
-    codes = column.cast(pl.Enum(values)).to_physical().cast(pl.UInt32)
-    codes = codes.fill_null(values.len())
-    distinct = values.extend(pl.Series([None], dtype=pl.String))
-    return codes, distinct
+    space = int(first.max() or 0) + 1
+    for n, _ in rest:
+        space *= n
+    dtype = np.uint32 if space <= 2**32 else np.uint64
+    key = first.to_numpy().astype(dtype)
+    for n, codes in rest:
+        key *= dtype(n)
+        key += codes.to_numpy() if isinstance(codes, pl.Series) else codes
+    return pl.Series(key)
+
+
+def _keys_repeat(keys: pl.Series, size: int) -> bool:
+    """Whether any key (``0 <= key < size``) occurs twice.
+
+    Up to :data:`_MARK_KEYS_MAX` possible keys: mark each key's cell of a boolean table and
+    compare the marked cells with the rows (no sort); else True, so that the caller sorts.
+    """
+    if size > _MARK_KEYS_MAX:
+        return True
+    marks = np.zeros(size, dtype=bool)
+    marks[keys.to_numpy()] = True
+    return int(np.count_nonzero(marks)) < keys.len()
+
+
+def _distinct_keys(keys: pl.Series, size: int) -> tuple[pl.Series, pl.Series]:
+    """Sorted distinct keys (``0 <= key < size``) and, per row, its key's place among them.
+
+    With few possible keys (the product of a few small code ranges) this is a count and a
+    cumulative sum; otherwise a sort and a binary search per row.
+    """
+    if size <= _DENSE_KEYS_MAX:
+        k = keys.to_numpy()
+        k = k.view(np.int64) if k.dtype == np.uint64 else k  # keys < size: same values
+        present = np.bincount(k, minlength=size) > 0
+        rank = (np.cumsum(present) - 1).astype(np.uint32)
+        distinct = pl.Series(np.flatnonzero(present).astype(np.uint64))
+        return distinct, pl.Series(rank[k])
+    distinct = keys.unique().sort()
+    return distinct, distinct.search_sorted(keys)
+
 
 
 def _derive(distinct: pl.Series, name: str, exprs: list[pl.Expr]) -> pl.DataFrame:
@@ -486,20 +540,20 @@ def validate_responses(
 
     # Every text column but participant_id repeats massively: encode each as dense codes,
     # derive once per distinct text, gather by code (no string work per row).
-    v_code, v_txt = _encode(frame["value"])
-    w_code, w_txt = _encode(frame["wave"])
-    in_code, in_txt = _encode(frame["instrument"])
-    it_code, it_txt = _encode(frame["item"])
+    v_code, v_txt = encode_text(frame["value"])
+    w_code, w_txt = encode_text(frame["wave"])
+    in_code, in_txt = encode_text(frame["instrument"])
+    it_code, it_txt = encode_text(frame["item"])
     vmap = _derive(v_txt, "value", _value_exprs(cfg.na_tokens))
     wmap = _derive(w_txt, "wave", _wave_exprs())
     ts, bad_ts, ts_ws = _timestamp_columns(frame["timestamp"])
     pmap = _pair_table(in_txt, it_txt, library)
-    p_code = in_code * it_txt.len() + it_code
+    p_code = _combine(in_code, (it_txt.len(), it_code))
     nv, nw = vmap.height, wmap.height
 
     # --- the generated instrument checks, by pandera, on distinct combinations ----------
-    d_code = (p_code.cast(pl.UInt64) * nv + v_code) * nw + w_code
-    d_unique = d_code.unique().sort()
+    d_code = _combine(p_code, (nv, v_code), (nw, w_code))
+    d_unique, d_index = _distinct_keys(d_code, pmap.height * nv * nw)
     domain = pl.DataFrame(
         {
             "_p": (d_unique // (nv * nw)).cast(pl.UInt32),
@@ -540,7 +594,7 @@ def validate_responses(
     # Participant ids are encoded like the other text columns: stripping, blank and
     # membership tests run once per distinct id, and the duplicate key below is integer.
     pid_raw = frame["participant_id"]
-    pid_code, pid_txt = _encode(pid_raw)
+    pid_code, pid_txt = encode_text(pid_raw)
     pid_map = pid_txt.alias("raw").to_frame().with_columns(
         _blank_to_null(pl.col("raw").str.strip_chars()).alias("pid")
     )
@@ -566,7 +620,7 @@ def validate_responses(
         pl.DataFrame(
             {
                 "_p": pid_reason.gather(pid_code),
-                "_dom": domain_reason.gather(d_unique.search_sorted(d_code)),
+                "_dom": domain_reason.gather(d_index),
                 "_bad_ts": bad_ts,
                 "_survey": _outside_survey(frame["source"], p_code, pmap, survey_instruments),
             }
@@ -582,21 +636,25 @@ def validate_responses(
     )
 
     # --- duplicates among otherwise valid rows -------------------------------------------
-    # One exact integer key per participant × wave × item (dense codes, no hashing); the
-    # repeated keys are found by sorting, and grouped in full on those few rows only.
-    item_dense = pmap.select(pl.col("_item").rank("dense").cast(pl.UInt64))["_item"]
-    wave_key = wmap["_wave"].gather(w_code)
-    wave_dense = wmap.select(pl.col("_wave").rank("dense").fill_null(0).cast(pl.UInt64))["_wave"]
+    # One exact integer key per participant × wave × item (dense codes, no hashing). Whether
+    # any key repeats is a count of distinct keys (marks in a table of all possible keys)
+    # where that table is small; only then are the repeated keys found by sorting and
+    # grouped in full on those few rows.
+    item_dense = pmap.select(pl.col("_item").rank("dense").cast(pl.UInt32))["_item"]
+    wave_dense = wmap.select(pl.col("_wave").rank("dense").fill_null(0).cast(pl.UInt32))["_wave"]
     n_item, n_wave = int(item_dense.max() or 0) + 1, int(wave_dense.max() or 0) + 1
-    key = (
-        pid_map["key"].gather(pid_code) * (n_wave * n_item)
-        + wave_dense.gather(w_code) * n_item
-        + item_dense.gather(p_code)
+    key = _combine(
+        pid_map["key"].gather(pid_code),
+        (n_wave, wave_dense.to_numpy()[w_code.to_numpy()]),
+        (n_item, item_dense.to_numpy()[p_code.to_numpy()]),
     )
     clean_ord = reason.is_null().arg_true()
-    clean_key = key.gather(clean_ord)
-    sorted_k = clean_key.sort()
-    repeated = sorted_k.filter((sorted_k == sorted_k.shift(1)).fill_null(False))
+    clean_key = key if clean_ord.len() == rows_in else key.gather(clean_ord)
+    if _keys_repeat(clean_key, (int(pid_map["key"].max() or 0) + 1) * n_wave * n_item):
+        sorted_k = clean_key.sort()
+        repeated = sorted_k.filter((sorted_k == sorted_k.shift(1)).fill_null(False))
+    else:
+        repeated = clean_key.clear()
     if repeated.len():
         dup_ord = clean_ord.filter(clean_key.is_in(repeated.unique().implode()))
         dup_codes = (
@@ -630,14 +688,20 @@ def validate_responses(
     def keep(column: pl.Series) -> pl.Series:
         return column if all_ok else column.filter(ok)
 
+    # Typed columns by gathering small typed lookup tables (one allocation per column);
+    # instrument and item texts that need no rewrite are the raw columns themselves.
     responses = pl.DataFrame(
         {
-            "participant_id": pid_map["out"].gather(keep(pid_code)),
-            "wave": keep(wave_key).cast(pl.Int32),
+            "participant_id": pid_map["out"].rechunk().gather(keep(pid_code)),
+            "wave": wmap["_wave"].cast(pl.Int32, strict=False).gather(keep(w_code)),
             "timestamp": keep(ts).cast(pl.Datetime("us", "UTC")),
-            "instrument": pmap["_instrument"].gather(keep(p_code)),
-            "item": pmap["_item"].gather(keep(p_code)),
-            "value": vmap["_value"].gather(keep(v_code)).cast(pl.Int16),
+            "instrument": keep(frame["instrument"])
+            if _as_written(frame["instrument"], in_txt, pmap["_instrument"].unique())
+            else pmap["_instrument"].gather(keep(p_code)),
+            "item": keep(frame["item"])
+            if _as_written(frame["item"], it_txt, pmap["_item"].unique())
+            else pmap["_item"].gather(keep(p_code)),
+            "value": vmap["_value"].cast(pl.Int16, strict=False).gather(keep(v_code)),
             "source": keep(frame["source"]),
             "row": keep(frame["row"]),
         }
@@ -669,7 +733,7 @@ def validate_responses(
     )
 
     if cfg.check_contract:
-        accepted = d_unique.search_sorted(d_code.filter(ok).unique())
+        accepted = d_index.filter(ok).unique().sort()
         _check_contract(responses, typed[accepted], library)
 
     counts = dict(quarantine["reason"].value_counts().iter_rows())
@@ -707,6 +771,21 @@ def validate_responses(
     )
 
 
+def _as_written(column: pl.Series, distinct: pl.Series, cleaned: pl.Series) -> bool:
+    """Whether every text of ``column`` is already its cleaned form.
+
+    That is: no null, no blank, no surrounding whitespace, and each distinct text among the
+    ``cleaned`` ones (so none is inferred or rewritten).
+    """
+    texts = distinct.drop_nulls()
+    return (
+        column.null_count() == 0
+        and bool((texts.str.strip_chars() == texts).all())
+        and bool((texts.str.len_bytes() > 0).all())
+        and bool(texts.is_in(cleaned.drop_nulls().implode()).all())
+    )
+
+
 def _outside_survey(
     source: pl.Series,
     p_code: pl.Series,
@@ -721,10 +800,10 @@ def _outside_survey(
     restricted = {k: set(v) for k, v in (survey_instruments or {}).items() if v}
     if not restricted or n == 0:
         return pl.Series(np.zeros(n, dtype=bool))
-    s_code, s_txt = _encode(source)
+    s_code, s_txt = encode_text(source)
     n_pairs = pmap.height
-    key = s_code.cast(pl.UInt64) * n_pairs + p_code.cast(pl.UInt64)
-    distinct = key.unique().sort()
+    key = _combine(s_code, (n_pairs, p_code))
+    distinct, index = _distinct_keys(key, s_txt.len() * n_pairs)
     pairs = pl.DataFrame(
         {
             "source": s_txt.gather(distinct // n_pairs),
@@ -738,7 +817,7 @@ def _outside_survey(
         ],
         dtype=pl.Boolean,
     )
-    return outside.gather(distinct.search_sorted(key))
+    return outside.gather(index)
 
 
 def _coercions(

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pandera.config import ValidationDepth, config_context
+from polars.testing import assert_frame_equal
 
 from instruments.definition import InstrumentLibrary, InstrumentSpec, load_library
 from instruments.schemas import (
@@ -597,3 +598,35 @@ def test_items_of_an_instrument_the_survey_does_not_administer(library):
     # without the restriction every row but the mismatch is accepted
     free = validate_responses(frame, None, library)
     assert reasons(free) == ["instrument_mismatch"]
+
+
+def _outputs(res) -> tuple:
+    return (res.responses, res.quarantine, res.coercions, res.item_failures, res.summary_dict())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=messy_rows(), survey=st.booleans())
+def test_fast_paths_equal_the_general_ones(library, rows, survey):
+    """Counting tables, raw columns kept as written and run-length codes (the fast paths)
+    give exactly what sorting, gathering and per-row codes give."""
+    import instruments.encoding as encoding
+    import instruments.validation as validation
+
+    people = pl.DataFrame({"participant_id": ["P1", "P2", "P3"], "arm": ["a"] * 3})
+    frame = raw(*rows) if rows else raw().clear()
+    frame = pl.concat([frame, frame.head(3)])  # some exact repeats, whatever was drawn
+    by_source = {"s.csv": ("who5",)} if survey else None
+    fast = _outputs(validate_responses(frame, people, library, survey_instruments=by_source))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(validation, "_DENSE_KEYS_MAX", 0)
+        mp.setattr(validation, "_MARK_KEYS_MAX", 0)
+        mp.setattr(validation, "_as_written", lambda *args: False)
+        mp.setattr(encoding, "_SAMPLE_ROWS", 2)
+        for min_run in (1, 10**9):
+            mp.setattr(encoding, "_MIN_MEAN_RUN", min_run)
+            slow = validate_responses(frame, people, library, survey_instruments=by_source)
+            for a, b in zip(fast, _outputs(slow), strict=True):
+                if isinstance(a, pl.DataFrame):
+                    assert_frame_equal(a, b)
+                else:
+                    assert a == b
