@@ -435,10 +435,13 @@ def score_responses(
     # --- each row's item slot (library order); rows the library does not define drop out
     inst_code, inst_txt = encode_text(frame["instrument"])
     item_code, item_txt = encode_text(frame["item"])
-    slot = _lookup(item_txt, list(lib.item_ids))[item_code.to_numpy()]
-    owner = np.where(slot >= 0, lib.slot_owner[slot], -1)
-    defined = owner == _lookup(inst_txt, library.ids())[inst_code.to_numpy()]
-    defined &= slot >= 0
+    # Per-row arrays in the smallest integer types, looked up in small tables whose last
+    # entry (index -1) answers for "not in the library": on 20 M rows fresh memory costs
+    # more than the arithmetic.
+    slot = _lookup(item_txt, list(lib.item_ids)).astype(np.int16)[item_code.to_numpy()]
+    owner = np.append(lib.slot_owner, -1).astype(np.int16)[slot]
+    defined = owner == _lookup(inst_txt, library.ids()).astype(np.int16)[inst_code.to_numpy()]
+    defined &= owner >= 0
     pid_code, pid_txt = encode_text(frame["participant_id"])
     wave = frame["wave"]
     if (pid_code == pid_txt.len() - 1).filter(pl.Series(defined)).any() or (
@@ -455,7 +458,8 @@ def score_responses(
     if n_rows == 0:
         return pl.DataFrame(schema=SCORES_SCHEMA)
 
-    outside = answered & ((v < lib.slot_lo[slot]) | (v > lib.slot_hi[slot]))
+    outside = (v < lib.slot_lo.astype(np.int32)[slot]) | (v > lib.slot_hi.astype(np.int32)[slot])
+    outside &= answered
     if outside.any():
         raise ValueError(
             f"{int(outside.sum())} response value(s) lie outside their item's range: validate "
@@ -464,32 +468,42 @@ def score_responses(
 
     # --- administrations: participant x wave x instrument, numbered in output order
     present_inst = np.flatnonzero(np.bincount(owner, minlength=len(lib.instruments)))
-    local = np.full(len(lib.instruments), -1, dtype=np.int64)
+    local = np.full(len(lib.instruments), -1, dtype=np.int16)
     local[present_inst] = np.arange(present_inst.size)
     m = present_inst.size
     limit = _DENSE_CELLS_PER_ROW * n_rows + _DENSE_CELLS_MIN
     w_lo, w_hi = int(w.min()), int(w.max())
     n_pid = pid_txt.len() - 1
     if n_pid * (w_hi - w_lo + 1) * m <= limit:
-        waves, w_code = np.arange(w_lo, w_hi + 1), (w - w_lo).astype(np.int64)
+        waves, w_code = np.arange(w_lo, w_hi + 1), w - np.int32(w_lo)
     else:
         waves, w_code = np.unique(w, return_inverse=True)
-    key = (pid.astype(np.int64) * waves.size + w_code) * m + local[owner]
+    # key = (participant * waves + wave) * instruments + instrument, in place
+    key = pid.astype(np.int32 if n_pid * waves.size * m < 2**31 else np.int64)
+    key *= waves.size
+    key += w_code
+    key *= m
+    key += local[owner]
+    del w_code
     if n_pid * waves.size * m <= limit:
         present = np.bincount(key, minlength=n_pid * waves.size * m) > 0
         adm_key = np.flatnonzero(present)
-        rank = np.cumsum(present) - 1
-        adm = rank[key]
+        adm = (np.cumsum(present) - 1).astype(key.dtype)[key]
     else:
         adm_key, adm = np.unique(key, return_inverse=True)
+    del key
     n_adm = adm_key.size
 
     # --- the cube: administrations x item position, one cell per (administration, item)
     width = max(lib.instruments[i].n_items for i in present_inst)
-    cell = adm * width + lib.slot_pos[slot]
-    counts = np.bincount(cell, minlength=n_adm * width).reshape(n_adm, width)
-    repeated = int((counts > 1).any(axis=1).sum())
-    if repeated:
+    cell = adm.astype(np.int64) if n_adm * width >= 2**31 else adm
+    cell *= width
+    cell += lib.slot_pos.astype(np.int16)[slot]
+    filled = np.zeros(n_adm * width, dtype=bool)
+    filled[cell] = True
+    if int(np.count_nonzero(filled)) < n_rows:  # some cell was written twice
+        counts = np.bincount(cell, minlength=n_adm * width).reshape(n_adm, width)
+        repeated = int((counts > 1).any(axis=1).sum())
         raise ValueError(
             f"{repeated} participant x wave x instrument group(s) have an item more than "
             "once: deduplicate the responses before scoring"
@@ -509,12 +523,12 @@ def score_responses(
     n_out = np.array([len(i.scale_keys) for i in lib.instruments])[adm_inst]
     start = np.cumsum(n_out) - n_out
     total = int(n_out.sum())
-    out_adm = np.empty(total, dtype=np.int64)
-    out_scale = np.empty(total, dtype=np.int64)
+    out_adm = np.empty(total, dtype=np.int64 if n_adm >= 2**31 else np.int32)
+    out_scale = np.empty(total, dtype=np.uint32)
     out_score = np.empty(total, dtype=np.float64)
     out_null = np.empty(total, dtype=bool)
     out_k = np.empty(total, dtype=np.int16)
-    out_band = np.empty(total, dtype=np.int64)
+    out_band = np.empty(total, dtype=np.int32)
     for i in present_inst:
         inst = lib.instruments[i]
         rows = np.flatnonzero(adm_inst == i)
@@ -530,14 +544,17 @@ def score_responses(
             score.ravel(), null.ravel(), k.ravel(), band.ravel()
         )
 
-    group = adm_key[out_adm] // m
+    group = adm_key[out_adm]
+    group //= m
     labels = pl.Series(list(lib.band_labels) + [None], dtype=pl.String)
     out_band[out_band < 0] = len(lib.band_labels)
     scale_key = pl.Series(out_scale, dtype=pl.UInt32)
     return pl.DataFrame(
         {
-            "participant_id": pid_txt.gather(pl.Series(group // waves.size, dtype=pl.UInt32)),
-            "wave": pl.Series(waves[group % waves.size], dtype=pl.Int32),
+            "participant_id": pid_txt.gather(
+                pl.Series((group // waves.size).astype(np.uint32), dtype=pl.UInt32)
+            ),
+            "wave": pl.Series(waves.astype(np.int32)[group % waves.size], dtype=pl.Int32),
             "instrument": pl.Series(lib.scale_instrument, dtype=pl.String).gather(scale_key),
             "scale": pl.Series(lib.scale_names, dtype=pl.String).gather(scale_key),
             "score": pl.select(
