@@ -37,13 +37,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import arviz as az
 import numpy as np
 import polars as pl
-import pymc as pm
-import pytensor.tensor as pt
 import xarray as xr
 
 from models.growth_spec import (
@@ -55,6 +53,11 @@ from models.growth_spec import (
     ModelKind,
     prepare_growth_data,
 )
+
+# PyMC and PyTensor are imported where a PyMC model is built: the default (kernel) backend
+# samples without them, and importing them costs seconds on every CLI run.
+if TYPE_CHECKING:
+    import pymc as pm
 
 GateStatus = Literal["pass", "fail"]
 Backend = Literal["auto", "kernel", "numba", "c"]
@@ -104,6 +107,9 @@ def _population_block(
     design: GrowthDesign, priors: GrowthPriors, centered: Sequence[bool]
 ) -> dict[str, Any]:
     """Declare priors (as shared data) and population parameters in the current model."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
     d = {k: pm.Data(k, np.float64(v)) for k, v in _prior_data(priors).items()}
     center = pm.Data("center", np.float64(design.center))
     out: dict[str, Any] = {"center": center}
@@ -195,6 +201,9 @@ def build_marginal_model(spec: GrowthModelSpec, data: GrowthData) -> pm.Model:
         Free parameters as in ``build_latent_model`` minus the participant effects; the
         likelihood is a ``pm.Potential`` named ``loglik`` (formula in the module docstring).
     """
+    import pymc as pm
+    import pytensor.tensor as pt
+
     design = data.design
     priors = spec.resolved_priors(design.final_time)
     arrays = _cell_arrays(data)
@@ -239,6 +248,9 @@ def build_latent_model(spec: GrowthModelSpec, data: GrowthData) -> pm.Model:
     ``(u0, u1) = L z`` with ``L`` the Cholesky factor of ``D``, and a Normal likelihood on
     each observed score (missing waves have no row, so they drop out of the likelihood).
     """
+    import pymc as pm
+    import pytensor.tensor as pt
+
     design = data.design
     priors = spec.resolved_priors(design.final_time)
     arrays = _row_arrays(data)
