@@ -72,7 +72,7 @@ import polars as pl
 from pandera.config import ValidationDepth, config_context
 
 from instruments.definition import InstrumentLibrary
-from instruments.encoding import encode_text
+from instruments.encoding import encode_integer_text, encode_text
 from instruments.schemas import (
     ITEM_CHECK_REASON,
     QUARANTINE_REASONS,
@@ -540,7 +540,7 @@ def validate_responses(
 
     # Every text column but participant_id repeats massively: encode each as dense codes,
     # derive once per distinct text, gather by code (no string work per row).
-    v_code, v_txt = encode_text(frame["value"])
+    v_code, v_txt = encode_integer_text(frame["value"])
     w_code, w_txt = encode_text(frame["wave"])
     in_code, in_txt = encode_text(frame["instrument"])
     it_code, it_txt = encode_text(frame["item"])

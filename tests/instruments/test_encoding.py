@@ -1,4 +1,4 @@
-"""Dense text codes: the run-length path and the per-row path give the same codes."""
+"""Dense text codes: the run-length, per-row and integer paths give the same codes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from instruments import encoding
-from instruments.encoding import encode_text
+from instruments.encoding import encode_integer_text, encode_text
 
 
 def _reference(column: pl.Series) -> tuple[list[int], list[str | None]]:
@@ -37,3 +37,34 @@ def test_empty_and_all_null() -> None:
     assert codes.to_list() == [] and distinct.to_list() == [None]
     codes, distinct = encode_text(pl.Series([None, None], dtype=pl.String))
     assert codes.to_list() == [0, 0] and distinct.to_list() == [None]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["10", "8", "0", "3", "-2"],  # plain integers only: the table
+        ["5", "7", "", " 5", "5.0", "NA", "x"],  # plus texts that do not parse
+        ["5", "05", "3"],  # parses but is not plain: all encoded as texts
+        ["5", "+5"],
+        ["0", "-0"],
+        ["1", "30000"],  # too wide a span: all encoded as texts
+        ["-32768", "-10000", "-999", "32767"],
+        ["NA", ""],  # nothing parses
+    ],
+)
+def test_integer_path_decodes_like_the_text_path(texts: list[str]) -> None:
+    rng = np.random.default_rng(len(texts))
+    values = np.array(texts, dtype=object)[rng.integers(0, len(texts), 500)]
+    values[rng.integers(0, values.size, 20)] = None
+    column = pl.Series("v", values.tolist(), dtype=pl.String)
+    codes, distinct = encode_integer_text(column)
+    want_codes, want_distinct = encode_text(column)
+    assert codes.dtype == pl.UInt32 and distinct.n_chunks() == 1
+    assert distinct.gather(codes).to_list() == column.to_list()
+    assert distinct.to_list()[-1] is None and distinct.drop_nulls().is_sorted()
+    # codes compare as the texts do (the integer path may hold integer texts that do not
+    # occur between the smallest and largest, so codes may differ, never their order)
+    assert np.array_equal(
+        np.argsort(codes.to_numpy(), kind="stable"), np.argsort(want_codes.to_numpy(), kind="stable")
+    )
+    assert set(want_distinct.to_list()) <= set(distinct.to_list())
