@@ -33,13 +33,16 @@ How the work is split, for speed (20 M rows in seconds, no Python loop over rows
 1. Values, waves, instruments, item ids and participant ids repeat massively (a handful
    of distinct texts, or one text over a run of rows). Each is encoded once into dense
    integer codes (:func:`instruments.encoding.encode_text`: a cast to a polars ``Enum`` of
-   its distinct texts, once per run for columns that come in runs); parsing, stripping
-   and NA handling run once per *distinct* text and are gathered back by code.
-   Timestamps (nearly one per sitting) are parsed once per run of equal texts, trying
-   each ISO layout only on what earlier layouts left unparsed. Codes are combined into
-   one integer key per row in place (fresh full-length arrays cost more than the
-   arithmetic), and distinct keys are found by counting in a dense table where the key
-   space is small, by sorting otherwise.
+   its distinct texts, once per run for columns that come in runs); answers, mostly
+   plain integers, are parsed as ``Int16`` and coded through a table indexed by the
+   number (:func:`instruments.encoding.encode_integer_text`), only the other texts by
+   lookup. Parsing, stripping and NA handling run once per *distinct* text and are
+   gathered back by code. Timestamps (nearly one per sitting) are parsed once per run
+   of equal texts and repeated back over the run, trying each ISO layout only on what
+   earlier layouts left unparsed. Codes are combined into one integer key per row in
+   place (fresh full-length arrays cost more than the arithmetic), and distinct keys are
+   found by counting in a dense table where the key space is small, by sorting
+   otherwise.
 2. The checks generated from the instrument definitions
    (:func:`instruments.schemas.build_item_schema`) depend on a row only through
    ``(instrument, item, value, wave)``. pandera validates the *distinct* combinations of
@@ -49,10 +52,12 @@ How the work is split, for speed (20 M rows in seconds, no Python loop over rows
    instrument mismatches, non-integer and out-of-range values and negative waves
    (``ValidationResult.item_failures`` lists what it found).
 3. Missing / unknown participants are decided per distinct id, timestamps per run, and
-   gathered. Duplicates use one exact integer key per participant × wave × item (dense
-   codes, no hash): marking each key in a boolean table of all possible keys rules
-   repeats out without a sort; only when some key repeats (or the table would be too
-   large) are the keys sorted and the few repeated ones grouped in full.
+   gathered; a per-row reason column is built only for the checks that some distinct
+   id, run or combination fails, so clean input builds none, filters nothing and
+   quarantines nothing. Duplicates use one exact integer key per participant × wave ×
+   item (dense codes, no hash): marking each key in a boolean table of all possible
+   keys rules repeats out without a sort; only when some key repeats (or the table
+   would be too large) are the keys sorted and the few repeated ones grouped in full.
 4. The accepted rows' typed columns are gathered from small typed lookup tables;
    instrument and item texts that need no rewrite are the raw columns themselves.
 5. The accepted table is validated against :class:`instruments.schemas.ResponsesSchema`
@@ -283,19 +288,29 @@ def _parse_timestamps(txt: pl.Series) -> pl.Series:
     return out
 
 
-def _timestamp_columns(raw: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+def _timestamp_columns(
+    raw: pl.Series,
+) -> tuple[pl.Series, pl.Series | None, pl.Series | None]:
     """Per row: parsed timestamp, ``bad`` (unparseable) and ``ws`` (parsed after stripping).
 
     A sitting's rows share one timestamp and lie together in a long file, so each run of
-    equal consecutive texts is parsed once (``rle_id``) and the result gathered back;
-    surrounding whitespace is rare, so only texts that fail are stripped and retried.
+    equal consecutive texts is parsed once (``rle``) and the result repeated back over
+    its run; surrounding whitespace is rare, so only texts that fail are stripped and
+    retried. ``bad`` and ``ws`` are None when no text is bad (resp. stripped).
     """
-    run = raw.rle_id()
-    first = pl.Series(
-        np.flatnonzero(np.diff(run.to_numpy(), prepend=-1)), dtype=pl.UInt32
-    )
-    ts, bad, ws = _timestamp_columns_distinct(raw.gather(first))
-    return ts.gather(run), bad.gather(run), ws.gather(run)
+    runs = raw.rle().struct.unnest()
+    lengths = runs["len"].to_numpy()
+    ts, bad, ws = _timestamp_columns_distinct(runs["value"])
+    if ts.null_count():
+        per_row = ts.gather(np.repeat(np.arange(ts.len(), dtype=np.uint32), lengths))
+    else:  # no gather index: repeat the microseconds themselves
+        per_row = pl.Series(raw.name, np.repeat(ts.to_physical().to_numpy(), lengths))
+        per_row = per_row.cast(ts.dtype)
+
+    def repeat(flags: pl.Series) -> pl.Series | None:
+        return pl.Series(np.repeat(flags.to_numpy(), lengths)) if flags.any() else None
+
+    return per_row, repeat(bad), repeat(ws)
 
 
 def _timestamp_columns_distinct(raw: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
@@ -616,23 +631,26 @@ def validate_responses(
         .when(pl.lit(unknown_pid))
         .then(code["unknown_participant"])
     ).to_series()
-    reason = (
-        pl.DataFrame(
-            {
-                "_p": pid_reason.gather(pid_code),
-                "_dom": domain_reason.gather(d_index),
-                "_bad_ts": bad_ts,
-                "_survey": _outside_survey(frame["source"], p_code, pmap, survey_instruments),
-            }
-        )
-        .select(
-            pl.min_horizontal(
-                pl.col("_p"),
-                pl.when(pl.col("_bad_ts")).then(code["invalid_timestamp"]),
-                "_dom",
-                pl.when(pl.col("_survey")).then(code["instrument_not_in_survey"]),
-            ).alias("r")
-        )["r"]
+    # Each check was decided per distinct id / combination / run; a per-row column is only
+    # built for the checks that some row fails, so clean data builds none (reason None).
+    outside = _outside_survey(frame["source"], p_code, pmap, survey_instruments)
+    per_row = [
+        pid_reason.gather(pid_code) if pid_reason.null_count() < pid_reason.len() else None,
+        pl.select(pl.when(pl.lit(bad_ts)).then(code["invalid_timestamp"])).to_series()
+        if bad_ts is not None
+        else None,
+        domain_reason.gather(d_index)
+        if domain_reason.null_count() < domain_reason.len()
+        else None,
+        pl.select(pl.when(pl.lit(outside)).then(code["instrument_not_in_survey"])).to_series()
+        if outside is not None
+        else None,
+    ]
+    failing = [r for r in per_row if r is not None]
+    reason: pl.Series | None = (
+        pl.select(pl.min_horizontal(*[pl.lit(r) for r in failing])).to_series()
+        if failing
+        else None
     )
 
     # --- duplicates among otherwise valid rows -------------------------------------------
@@ -648,15 +666,16 @@ def validate_responses(
         (n_wave, wave_dense.to_numpy()[w_code.to_numpy()]),
         (n_item, item_dense.to_numpy()[p_code.to_numpy()]),
     )
-    clean_ord = reason.is_null().arg_true()
-    clean_key = key if clean_ord.len() == rows_in else key.gather(clean_ord)
+    clean_ord = None if reason is None else reason.is_null().arg_true()
+    clean_key = key if clean_ord is None or clean_ord.len() == rows_in else key.gather(clean_ord)
     if _keys_repeat(clean_key, (int(pid_map["key"].max() or 0) + 1) * n_wave * n_item):
         sorted_k = clean_key.sort()
         repeated = sorted_k.filter((sorted_k == sorted_k.shift(1)).fill_null(False))
     else:
         repeated = clean_key.clear()
     if repeated.len():
-        dup_ord = clean_ord.filter(clean_key.is_in(repeated.unique().implode()))
+        is_dup = clean_key.is_in(repeated.unique().implode())
+        dup_ord = is_dup.arg_true() if clean_ord is None else clean_ord.filter(is_dup)
         dup_codes = (
             pl.DataFrame(
                 {
@@ -680,13 +699,16 @@ def validate_responses(
             )
             .drop_nulls("_dup")
         )
+        if reason is None:
+            reason = pl.Series(np.zeros(rows_in, dtype=np.uint8)).clear(rows_in)
         reason = reason.scatter(dup_codes["_ord"], dup_codes["_dup"])
 
-    ok = reason.is_null()
-    all_ok = reason.null_count() == rows_in
+    # ok is None when every row is accepted: no filter, no mask, an empty quarantine
+    ok = None if reason is None or reason.null_count() == rows_in else reason.is_null()
+    all_ok = ok is None
 
     def keep(column: pl.Series) -> pl.Series:
-        return column if all_ok else column.filter(ok)
+        return column if ok is None else column.filter(ok)
 
     # Typed columns by gathering small typed lookup tables (one allocation per column);
     # instrument and item texts that need no rewrite are the raw columns themselves.
@@ -707,19 +729,24 @@ def validate_responses(
         }
     )
     reason_names = {i: r for r, i in _PRIORITY.items()}
-    bad = ~ok
     pid_ws = (pid_map["raw"] != pid_map["pid"]).fill_null(False)
     if pseudonymise and (not all_ok or pid_ws.any()):
         # quarantine rows and coercion examples show the pseudonym, never the raw id
         frame = frame.with_columns(pid_map["out"].gather(pid_code).alias("participant_id"))
-    quarantine = (
-        frame.filter(bad)
-        .select("source", "row", "participant_id", "wave", "column", "value")
-        .with_columns(
-            reason.filter(bad).replace_strict(reason_names, return_dtype=pl.String).alias("reason")
+    if ok is None:
+        quarantine = pl.DataFrame(schema=QUARANTINE_COLUMNS)
+    else:
+        bad = ~ok
+        quarantine = (
+            frame.filter(bad)
+            .select("source", "row", "participant_id", "wave", "column", "value")
+            .with_columns(
+                reason.filter(bad)  # type: ignore[union-attr]
+                .replace_strict(reason_names, return_dtype=pl.String)
+                .alias("reason")
+            )
+            .cast(QUARANTINE_COLUMNS)
         )
-        .cast(QUARANTINE_COLUMNS)
-    )
     coercions = _coercions(
         frame,  # not a select: on a many-chunk frame that rechunks (copies) every column
         ok,
@@ -728,13 +755,14 @@ def validate_responses(
             "wave": (w_code, wmap),
             "pair": (p_code, pmap),
         },
-        pid_ws.gather(pid_code) if pid_ws.any() else pl.Series(np.zeros(rows_in, dtype=bool)),
+        pid_ws.gather(pid_code) if pid_ws.any() else None,
         ts_ws,
     )
 
     if cfg.check_contract:
-        accepted = d_index.filter(ok).unique().sort()
-        _check_contract(responses, typed[accepted], library)
+        # every distinct combination occurs in some row, so all are accepted when all rows are
+        accepted = typed if ok is None else typed[d_index.filter(ok).unique().sort()]
+        _check_contract(responses, accepted, library)
 
     counts = dict(quarantine["reason"].value_counts().iter_rows())
     by_reason = {r: int(counts.get(r, 0)) for r in QUARANTINE_REASONS}
@@ -791,15 +819,18 @@ def _outside_survey(
     p_code: pl.Series,
     pmap: pl.DataFrame,
     survey_instruments: Mapping[str, Collection[str]] | None,
-) -> pl.Series:
+) -> pl.Series | None:
     """Per row: its (known) instrument is not one its source file administers.
 
-    Decided once per distinct (source, instrument/item pair) and gathered back.
+    Decided once per distinct (source, instrument/item pair) and gathered back; None when
+    no row is outside its survey (at once, without looking at rows, when every survey
+    administers every instrument that any instrument/item pair names).
     """
     n = source.len()
     restricted = {k: set(v) for k, v in (survey_instruments or {}).items() if v}
-    if not restricted or n == 0:
-        return pl.Series(np.zeros(n, dtype=bool))
+    named = set(pmap["_instrument"].drop_nulls().to_list())
+    if n == 0 or all(named <= allowed for allowed in restricted.values()):
+        return None
     s_code, s_txt = encode_text(source)
     n_pairs = pmap.height
     key = _combine(s_code, (n_pairs, p_code))
@@ -817,25 +848,26 @@ def _outside_survey(
         ],
         dtype=pl.Boolean,
     )
-    return outside.gather(index)
+    return outside.gather(index) if outside.any() else None
 
 
 def _coercions(
     frame: pl.DataFrame,
-    ok: pl.Series,
+    ok: pl.Series | None,
     coded: dict[str, tuple[pl.Series, pl.DataFrame]],
-    pid_ws: pl.Series,
-    ts_ws: pl.Series,
+    pid_ws: pl.Series | None,
+    ts_ws: pl.Series | None,
 ) -> pl.DataFrame:
     """Coercions on accepted rows, counted per source × column × kind.
 
-    A row-level flag is only materialised when some distinct text carries it, so clean
-    data costs nothing here.
+    A row-level flag is only materialised when some distinct text carries it (``pid_ws``
+    and ``ts_ws`` are None when no row has one), so clean data costs nothing here; ``ok``
+    is None when every row is accepted.
     """
     parts: list[pl.DataFrame] = []
 
     def add(mask: pl.Series, kind: str, column: pl.Expr, example: pl.Expr) -> None:
-        mask = mask & ok
+        mask = mask if ok is None else mask & ok
         if not mask.any():
             return
         parts.append(
@@ -856,9 +888,9 @@ def _coercions(
     w_code, wmap = coded["wave"]
     if wmap["wave_format"].any():
         add(wmap["wave_format"].gather(w_code), "wave_format", pl.lit("wave"), pl.col("wave"))
-    if pid_ws.any():
+    if pid_ws is not None:
         add(pid_ws, "participant_id_whitespace", pl.lit("participant_id"), pl.col("participant_id"))
-    if ts_ws.any():
+    if ts_ws is not None:
         add(ts_ws, "field_whitespace", pl.lit("timestamp"), pl.lit(None, pl.String))
     p_code, pmap = coded["pair"]
     if pmap["_ws"].any():

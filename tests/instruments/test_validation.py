@@ -622,6 +622,7 @@ def test_fast_paths_equal_the_general_ones(library, rows, survey):
         mp.setattr(validation, "_MARK_KEYS_MAX", 0)
         mp.setattr(validation, "_as_written", lambda *args: False)
         mp.setattr(encoding, "_SAMPLE_ROWS", 2)
+        mp.setattr(validation, "encode_integer_text", encoding.encode_text)
         for min_run in (1, 10**9):
             mp.setattr(encoding, "_MIN_MEAN_RUN", min_run)
             slow = validate_responses(frame, people, library, survey_instruments=by_source)
@@ -630,3 +631,26 @@ def test_fast_paths_equal_the_general_ones(library, rows, survey):
                     assert_frame_equal(a, b)
                 else:
                     assert a == b
+
+
+@pytest.mark.parametrize("blank_timestamp", [False, True])
+@pytest.mark.parametrize("repeat", [False, True])
+def test_clean_input_equals_the_per_row_path(library, blank_timestamp, repeat):
+    """When no row fails (no per-row reason column, no filter, an empty quarantine) the
+    accepted rows and coercions are those of the per-row path, which one failing row
+    appended at the end forces; with exact repeats the duplicate marking runs on either."""
+    rows = [{"item": f"who5_{i + 1}", "value": v} for i, v in enumerate(("3", " 4", "", "NA", "5.0"))]
+    rows += [{"participant_id": "P2", "wave": "1", "item": "who5_1", "value": "2"}]
+    if blank_timestamp:
+        rows += [{"participant_id": "P2", "timestamp": "", "item": "who5_2", "value": "1"}]
+    if repeat:
+        rows += [rows[0]]  # the same answer again: a duplicate_row
+    people = pl.DataFrame({"participant_id": ["P1", "P2"], "arm": ["a", "b"]})
+    clean = validate_responses(raw(*rows), people, library)
+    failing = raw(*rows, {"participant_id": "P9", "item": "who5_3"})  # unknown participant
+    per_row = validate_responses(failing, people, library)
+    assert clean.quarantine.height == int(repeat) and per_row.quarantine.height == 1 + repeat
+    assert_frame_equal(clean.responses, per_row.responses)
+    assert_frame_equal(clean.coercions, per_row.coercions)
+    assert_frame_equal(clean.item_failures, per_row.item_failures)
+    assert_frame_equal(clean.quarantine, per_row.quarantine.filter(pl.col("participant_id") != "P9"))
