@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import polars as pl
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from privacy.pseudonymise import (
     PseudonymKeyError,
+    compute_pseudonyms,
     drop_direct_identifiers,
     load_pseudonym_key,
     pseudonym,
@@ -24,6 +26,23 @@ def test_hmac_matches_rfc4231_test_case_2():
     # RFC 4231, test case 2 (key "Jefe"): an independent published vector for HMAC-SHA256.
     expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     assert pseudonym("what do ya want for nothing?", b"Jefe") == expected
+
+
+def test_hmac_matches_rfc4231_test_case_6_key_longer_than_a_block():
+    # RFC 4231, test case 6: a 131-byte key is hashed before padding.
+    expected = "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    message = "Test Using Larger Than Block-Size Key - Hash Key First"
+    assert pseudonym(message, b"\xaa" * 131) == expected
+
+
+@pytest.mark.parametrize("length", [1, 16, 63, 64, 65, 200])
+def test_precomputed_states_equal_one_shot_hmac(length):
+    """The copied inner/outer hash states give hmac.digest's bytes, for keys shorter
+    than, equal to and longer than SHA-256's 64-byte block."""
+    key = bytes((7 * i + 1) % 256 for i in range(length))
+    ids = ["", "P1", "é-ü 名", "x" * 200, " P1 "]
+    want = [hmac.digest(key, v.encode("utf-8"), "sha256").hex() for v in ids]
+    assert compute_pseudonyms(ids, key) == want
 
 
 def test_pseudonyms_stable_across_waves_and_runs():
