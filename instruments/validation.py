@@ -420,21 +420,24 @@ def _keys_repeat(keys: pl.Series, size: int) -> bool:
     return int(np.count_nonzero(marks)) < keys.len()
 
 
-def _distinct_keys(keys: pl.Series, size: int) -> tuple[pl.Series, pl.Series]:
-    """Sorted distinct keys (``0 <= key < size``) and, per row, its key's place among them.
+def _distinct_keys(
+    keys: pl.Series, size: int
+) -> tuple[pl.Series, Callable[[], pl.Series]]:
+    """Sorted distinct keys (``0 <= key < size``) and a function giving each row's place.
 
-    With few possible keys (the product of a few small code ranges) this is a count and a
-    cumulative sum; otherwise a sort and a binary search per row.
+    A row's place is its key's index among the distinct keys: a full-length array that
+    clean input never needs, so it is computed only when the function is called. With few
+    possible keys (the product of a few small code ranges) the keys are marked in a table
+    and the places are its cumulative sum; otherwise a sort and a binary search per row.
     """
     if size <= _DENSE_KEYS_MAX:
         k = keys.to_numpy()
-        k = k.view(np.int64) if k.dtype == np.uint64 else k  # keys < size: same values
-        present = np.bincount(k, minlength=size) > 0
-        rank = (np.cumsum(present) - 1).astype(np.uint32)
+        present = np.zeros(size, dtype=bool)
+        present[k] = True
         distinct = pl.Series(np.flatnonzero(present).astype(np.uint64))
-        return distinct, pl.Series(rank[k])
+        return distinct, lambda: pl.Series((np.cumsum(present) - 1).astype(np.uint32)[k])
     distinct = keys.unique().sort()
-    return distinct, distinct.search_sorted(keys)
+    return distinct, lambda: distinct.search_sorted(keys)
 
 
 
@@ -569,6 +572,7 @@ def validate_responses(
     # --- the generated instrument checks, by pandera, on distinct combinations ----------
     d_code = _combine(p_code, (nv, v_code), (nw, w_code))
     d_unique, d_index = _distinct_keys(d_code, pmap.height * nv * nw)
+    del d_code  # kept by d_index, which computes the places only if a row needs them
     domain = pl.DataFrame(
         {
             "_p": (d_unique // (nv * nw)).cast(pl.UInt32),
@@ -615,7 +619,7 @@ def validate_responses(
     )
     # dense code of the *stripped* id (" p1" and "p1" are one participant); null last
     pid_map = pid_map.with_columns(
-        pl.col("pid").rank("dense").fill_null(pid_map.height + 1).cast(pl.UInt64).alias("key")
+        pl.col("pid").rank("dense").fill_null(pid_map.height + 1).cast(pl.UInt32).alias("key")
     )
     pid_map = pid_map.with_columns(
         (pseudonymise(pid_map["pid"]) if pseudonymise else pid_map["pid"]).alias("out")
@@ -639,7 +643,7 @@ def validate_responses(
         pl.select(pl.when(pl.lit(bad_ts)).then(code["invalid_timestamp"])).to_series()
         if bad_ts is not None
         else None,
-        domain_reason.gather(d_index)
+        domain_reason.gather(d_index())
         if domain_reason.null_count() < domain_reason.len()
         else None,
         pl.select(pl.when(pl.lit(outside)).then(code["instrument_not_in_survey"])).to_series()
@@ -761,7 +765,7 @@ def validate_responses(
 
     if cfg.check_contract:
         # every distinct combination occurs in some row, so all are accepted when all rows are
-        accepted = typed if ok is None else typed[d_index.filter(ok).unique().sort()]
+        accepted = typed if ok is None else typed[d_index().filter(ok).unique().sort()]
         _check_contract(responses, accepted, library)
 
     counts = dict(quarantine["reason"].value_counts().iter_rows())
@@ -848,7 +852,7 @@ def _outside_survey(
         ],
         dtype=pl.Boolean,
     )
-    return outside.gather(index) if outside.any() else None
+    return outside.gather(index()) if outside.any() else None
 
 
 def _coercions(
