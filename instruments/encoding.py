@@ -5,7 +5,10 @@ over a run of consecutive rows (a participant's id over a sitting, a file's name
 whole file). Both are encoded without string work per row beyond one hash lookup:
 
 - texts that change from row to row are cast to an ``Enum`` of their sorted distinct
-  values (one lookup per row);
+  values (one lookup per row). When the first rows hold few distinct texts (item ids),
+  those are tried as the ``Enum``'s values first: if every row is found among them they
+  are all the distinct texts, and the pass that finds the distinct texts of the whole
+  column is saved;
 - texts that come in long runs are run-length encoded first (``Series.rle``, a comparison
   of neighbours), so the lookup runs once per *run*, and the run codes are repeated back.
 
@@ -29,6 +32,8 @@ __all__ = ["encode_integer_text", "encode_text"]
 _SAMPLE_ROWS = 65_536
 #: Run-length encode when a run is this many rows long on average in the sample.
 _MIN_MEAN_RUN = 4
+#: Try the sample's distinct texts as all of them when the sample has at most this many.
+_MAX_SAMPLE_TEXTS = 1024
 #: :func:`encode_integer_text` tabulates the integers between the smallest and largest one
 #: when they span at most this many values; else it encodes the texts.
 _MAX_INTEGER_SPAN = 4096
@@ -68,9 +73,17 @@ def encode_text(column: pl.Series) -> tuple[pl.Series, pl.Series]:
 
 def _encode_rows(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """:func:`encode_text` by one ``Enum`` lookup per row."""
-    values = column.drop_nulls().unique().sort()
-    codes = column.cast(pl.Enum(values)).to_physical().cast(pl.UInt32)
-    codes = codes.fill_null(values.len())
+    codes = None
+    if column.len() > _SAMPLE_ROWS:
+        values = column.head(_SAMPLE_ROWS).drop_nulls().unique().sort()
+        if values.len() <= _MAX_SAMPLE_TEXTS:
+            codes = column.cast(pl.Enum(values), strict=False).to_physical()
+            if codes.null_count() > column.null_count():  # a text the sample lacks
+                codes = None
+    if codes is None:
+        values = column.drop_nulls().unique().sort()
+        codes = column.cast(pl.Enum(values)).to_physical()
+    codes = codes.cast(pl.UInt32).fill_null(values.len())
     # one chunk: a gather from a series of several chunks is many times slower
     distinct = pl.concat([values, pl.Series([None], dtype=pl.String)], rechunk=True)
     return codes, distinct

@@ -27,9 +27,21 @@ def test_both_paths_give_the_reference_codes(run: int, monkeypatch: pytest.Monke
     monkeypatch.setattr(encoding, "_SAMPLE_ROWS", 256)  # both paths on a small column
     for min_run in (1, 10**9):  # 1: always run-length encode; 10**9: never
         monkeypatch.setattr(encoding, "_MIN_MEAN_RUN", min_run)
+        for sample_texts in (0, 1024):  # 0: never take the sample's texts as all of them
+            monkeypatch.setattr(encoding, "_MAX_SAMPLE_TEXTS", sample_texts)
+            codes, distinct = encode_text(column)
+            assert codes.dtype == pl.UInt32 and distinct.n_chunks() == 1
+            assert (codes.to_list(), distinct.to_list()) == want
+
+
+def test_a_text_missing_from_the_sample_is_still_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first rows' texts are tried as all of them; a later new text falls back."""
+    monkeypatch.setattr(encoding, "_SAMPLE_ROWS", 8)
+    for late in ("c", None, "a"):  # a new text, a null (not a text), a known text
+        values = ["a", "b"] * 8 + [late, "b"]
+        column = pl.Series("x", values, dtype=pl.String)
         codes, distinct = encode_text(column)
-        assert codes.dtype == pl.UInt32 and distinct.n_chunks() == 1
-        assert (codes.to_list(), distinct.to_list()) == want
+        assert (codes.to_list(), distinct.to_list()) == _reference(column)
 
 
 def test_empty_and_all_null() -> None:
