@@ -27,7 +27,9 @@ bound but costs a window over 10^7 rows; see the benchmark.)
 Releases (one OpenDP query each, many aggregates batched per query)
 -------------------------------------------------------------------
 ``participant_counts``  participants with any score, per arm x wave.
-``scale_means``         noisy count and noisy sum per arm x wave x scale -> mean.
+``scale_means``         noisy count and noisy sum per arm x wave x scale -> mean, with
+                        a (1 - alpha) noise margin that is the exact quantile of the two
+                        Laplace noise terms (``laplace_sum_margin``), not 1.96 sd.
 ``primary_histogram``   primary outcome in equal-width bins at baseline and final wave.
 ``change_effects``      per arm x scale, noisy count, sum and sum of squares of the
                         change from baseline (final - wave 0); the treatment effect is the
@@ -539,6 +541,41 @@ def _dlap_bound(b: float, alpha: float) -> float:
     return float(dp.discrete_laplacian_scale_to_accuracy(b, alpha))
 
 
+def laplace_sum_margin(b1: np.ndarray, b2: np.ndarray, alpha: float) -> np.ndarray:
+    """``t`` with ``P(|L1 + L2| > t) = alpha`` for independent Laplace(0, b1), Laplace(0, b2).
+
+    The DP noise of a released mean is (to first order) the sum noise minus the mean times
+    the count noise: two independent Laplace terms. Their sum is not normal; ``1.96 sd``
+    covers only 93.75 % of a single Laplace (``1 - exp(-1.96 sqrt 2)``). The tail of the
+    sum follows from its characteristic function ``1 / ((1 + b1² w²)(1 + b2² w²))``::
+
+        P(|X| > t) = (b1² exp(-t/b1) - b2² exp(-t/b2)) / (b1² - b2²)      (b1 != b2)
+                   = exp(-t/b) (1 + t / (2b))                              (b1 == b2 == b)
+
+    solved for ``t`` by bisection, elementwise (vectorised over cells).
+    """
+    b1, b2 = np.broadcast_arrays(np.asarray(b1, dtype=float), np.asarray(b2, dtype=float))
+    big = np.maximum(b1, b2)
+    r = np.divide(np.minimum(b1, b2), big, out=np.zeros_like(big), where=big > 0)
+    near = r > 1.0 - 1e-6
+
+    def tail(u: np.ndarray) -> np.ndarray:
+        # u = t / big; r < 1 uses the first form, r ~ 1 the second
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            small = np.where(r > 0, np.exp(-u / np.where(r > 0, r, 1.0)), 0.0)
+            general = (np.exp(-u) - r**2 * small) / np.where(near, 1.0, 1.0 - r**2)
+        return np.where(near, np.exp(-u) * (1.0 + u / 2.0), general)
+
+    lo = np.zeros_like(big)
+    hi = np.full_like(big, 2.0 * -math.log(alpha) + 5.0)  # tail(hi) < alpha for every r
+    for _ in range(80):
+        mid = (lo + hi) / 2.0
+        above = tail(mid) > alpha
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    return big * (lo + hi) / 2.0
+
+
 def _keys(**cols: Sequence[Any]) -> pl.DataFrame:
     dtypes = {"arm": pl.Int32, "wave": pl.Int32, "key": pl.Int32, "bin": pl.Int32}
     out: pl.DataFrame | None = None
@@ -664,7 +701,6 @@ def _post_counts(p: _Prepared, q: _Query, raw: pl.DataFrame) -> tuple[pl.DataFra
 
 
 def _post_means(p: _Prepared, q: _Query, raw: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    zq = stats.norm.ppf(1 - p.plan.alpha / 2)
     v_n, v_s = _dlap_var(q.scales["n"]), _dlap_var(q.scales["sum_q"]) / FIXED_POINT_Q**2
     per_arm, n_scales = _cell_parts(p)
     raw = raw.with_columns(
@@ -681,17 +717,24 @@ def _post_means(p: _Prepared, q: _Query, raw: pl.DataFrame) -> tuple[pl.DataFram
     width = pl.col("hi") - pl.col("lo")
     sd = width * (v_s + m01**2 * v_n).sqrt() / n
     ok = n >= 1
+    out = raw.join(_scale_cols(p), on="key", how="left").with_columns(
+        m01.alias("_m01"), n.alias("_n"), width.alias("_width"), sd.alias("_sd")
+    )
+    # margin: the exact (1 - alpha) quantile of the two Laplace noise terms (Laplace b from
+    # the discrete noise's variance, var = 2 b²), not a normal approximation
+    m = out["_m01"].fill_nan(0.0).fill_null(0.0).to_numpy()
+    t = laplace_sum_margin(math.sqrt(v_s / 2.0), m * math.sqrt(v_n / 2.0), p.plan.alpha)
+    moe = pl.col("_width") * pl.Series(t) / pl.col("_n")
     out = (
-        raw.join(_scale_cols(p), on="key", how="left")
-        .select(
+        out.select(
             "arm", "wave", "instrument", "scale",
             n.cast(pl.Int64).alias("n"),
-            pl.when(ok).then(pl.col("lo") + width * m01).alias("mean"),
-            pl.when(ok).then(sd).alias("noise_sd"),
-            pl.when(ok).then(zq * sd).alias("noise_moe"),
+            pl.when(ok).then(pl.col("lo") + pl.col("_width") * pl.col("_m01")).alias("mean"),
+            pl.when(ok).then(pl.col("_sd")).alias("noise_sd"),
+            pl.when(ok).then(moe).alias("noise_moe"),
             # coded: no estimate (noisy count < 1) / noise margin wider than half the range
             pl.when(~ok).then(pl.lit("too_few"))
-            .when(zq * sd >= width / 2).then(pl.lit("noise_dominates"))
+            .when(moe >= pl.col("_width") / 2).then(pl.lit("noise_dominates"))
             .otherwise(pl.lit("ok")).alias("message"),
         )
         .sort("instrument", "scale", "arm", "wave")
@@ -703,7 +746,8 @@ def _post_means(p: _Prepared, q: _Query, raw: pl.DataFrame) -> tuple[pl.DataFram
             "bound": _dlap_bound(q.scales["sum_q"], p.plan.alpha),
             "units": f"1/{FIXED_POINT_Q} of the scale range",
         },
-        "mean": "noise_moe per row: z * delta-method sd of sum/n (DP noise only)",
+        "mean": "noise_moe per row: exact (1-alpha) margin of the sum's and the count's "
+        "Laplace noise through sum/n to first order (DP noise only)",
     }
     return out, acc
 
