@@ -22,7 +22,8 @@ Two compilations of the same ``GrowthModelSpec`` (see ``models.growth_spec`` for
   participants, the graph is elementwise on a few hundred cells (no matrix ops, nothing
   whose shape depends on the data), and all data and prior constants are ``pm.Data`` so a
   compiled model is reused with new data via nutpie's ``with_data`` (``compile_growth_model``
-  caches by structure).
+  caches by structure). By default nutpie samples ``models.growth_kernel`` instead: the same
+  log density and gradient written out by hand, tested equal to this PyMC model.
 
 ``fit_growth_model(panel, GrowthConfig) -> GrowthResult`` runs the whole analysis with a
 diagnostics gate and a posterior predictive check; ``compute_participant_effects`` gives
@@ -45,6 +46,7 @@ import polars as pl
 import xarray as xr
 
 from models.growth_spec import (
+    CELL_COLUMNS,
     DataIssue,
     GrowthData,
     GrowthDesign,
@@ -77,30 +79,11 @@ POPULATION_PARAMETERS: tuple[str, ...] = (
     "sd_residual",
 )
 _LOG_2PI = math.log(2.0 * math.pi)
-_CELL_DATA = ("n", "k", "g01", "g11", "arm", "r0", "r1", "q00", "q01", "q11", "yy")
 
 
 # --------------------------------------------------------------------------------------
 # compilation to PyMC
 # --------------------------------------------------------------------------------------
-
-
-def _prior_data(priors: GrowthPriors) -> dict[str, float]:
-    return {
-        "prior_intercept_mu": priors.intercept.mu,
-        "prior_intercept_sigma": priors.intercept.sigma,
-        "prior_slope_mu": priors.slope.mu,
-        "prior_slope_sigma": priors.slope.sigma,
-        "prior_arm_intercept_mu": priors.arm_intercept.mu,
-        "prior_arm_intercept_sigma": priors.arm_intercept.sigma,
-        "prior_slope_effect_mu": priors.slope_effect.mu,
-        "prior_slope_effect_sigma": priors.slope_effect.sigma,
-        "prior_sd_group_effect_sigma": priors.sd_group_effect.sigma,
-        "prior_sd_intercept_sigma": priors.sd_intercept.sigma,
-        "prior_sd_slope_sigma": priors.sd_slope.sigma,
-        "prior_corr_eta": priors.corr_intercept_slope.eta,
-        "prior_sd_residual_sigma": priors.sd_residual.sigma,
-    }
 
 
 def _population_block(
@@ -110,7 +93,7 @@ def _population_block(
     import pymc as pm
     import pytensor.tensor as pt
 
-    d = {k: pm.Data(k, np.float64(v)) for k, v in _prior_data(priors).items()}
+    d = {k: pm.Data(k, np.float64(v)) for k, v in priors.constants().items()}
     center = pm.Data("center", np.float64(design.center))
     out: dict[str, Any] = {"center": center}
     out["intercept"] = pm.Normal(
@@ -145,7 +128,7 @@ def _population_block(
 
 def _cell_arrays(data: GrowthData) -> dict[str, np.ndarray]:
     cells = data.cells
-    out = {f"cell_{c}": cells[c].cast(pl.Float64).to_numpy().copy() for c in _CELL_DATA}
+    out = {f"cell_{c}": cells[c].cast(pl.Float64).to_numpy().copy() for c in CELL_COLUMNS}
     for g in data.design.groups:
         out[f"cell_{g}_idx"] = cells[f"{g}_idx"].cast(pl.Int64).to_numpy().copy()
     return out
@@ -430,7 +413,7 @@ def compile_growth_model(
     priors = spec.resolved_priors(design.final_time)
     arrays = _cell_arrays(data) if kind == "marginal" else _row_arrays(data)
     values: dict[str, Any] = {
-        **_prior_data(priors),
+        **priors.constants(),
         "center": design.center,
         **{f"share_{g}": np.asarray(design.level_shares[g]) for g in design.groups},
         **arrays,

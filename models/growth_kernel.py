@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from nutpie.sample import CompiledModel
 
-from models.growth_spec import GrowthData, GrowthModelSpec, GrowthPriors
+from models.growth_spec import CELL_COLUMNS, GrowthData, GrowthModelSpec, GrowthPriors
 
 __all__ = [
     "KernelGrowthModel",
@@ -52,29 +52,11 @@ __all__ = [
 
 # ---------------------------------------------------------------- data layout
 
-#: Cell columns in the order they are packed (``GrowthData.cells``).
-CELL_COLUMNS: tuple[str, ...] = (
-    "n", "k", "g01", "g11", "arm", "r0", "r1", "q00", "q01", "q11", "yy"
-)
 _N_PRIORS = 13
 # header: size, n_dim, n_cells, n_groups, n_expanded, center, 13 prior constants
 _HEADER = 6 + _N_PRIORS
 _LOG_2PI = math.log(2.0 * math.pi)
 _HALF_LOG_2_OVER_PI = 0.5 * math.log(2.0 / math.pi)
-
-
-def _prior_vector(priors: GrowthPriors) -> list[float]:
-    """The 13 prior constants in the kernel's order (same as ``growth._prior_data``)."""
-    return [
-        priors.intercept.mu, priors.intercept.sigma,
-        priors.slope.mu, priors.slope.sigma,
-        priors.arm_intercept.mu, priors.arm_intercept.sigma,
-        priors.slope_effect.mu, priors.slope_effect.sigma,
-        priors.sd_group_effect.sigma,
-        priors.sd_intercept.sigma, priors.sd_slope.sigma,
-        priors.corr_intercept_slope.eta,
-        priors.sd_residual.sigma,
-    ]
 
 
 def _pack(
@@ -83,7 +65,7 @@ def _pack(
     """One float64 array with everything the kernel reads, and (n_dim, n_expanded).
 
     Layout: the header (total size, n_dim, n_cells, n_groups, n_expanded, center, the 13
-    prior constants of ``_prior_vector``); per pooled factor its number of levels and
+    prior constants of ``GrowthPriors.constants``); per pooled factor its number of levels and
     whether it is centred (2 values each); per factor its level shares; the cell columns
     ``CELL_COLUMNS`` (n_cells values each); per factor the cells' level indices.
     """
@@ -94,7 +76,7 @@ def _pack(
     n_expanded = n_dim + 4 + sum(1 + s for s in sizes)
     parts: list[np.ndarray] = [
         np.zeros(6),
-        np.asarray(_prior_vector(priors), dtype=np.float64),
+        np.asarray(list(priors.constants().values()), dtype=np.float64),
         np.asarray([v for s, c in zip(sizes, centered, strict=True) for v in (s, float(c))],
                    dtype=np.float64),
         *(np.asarray(design.level_shares[g], dtype=np.float64) for g in design.groups),

@@ -79,6 +79,24 @@ class GrowthPriors:
     corr_intercept_slope: LKJPrior
     sd_residual: HalfNormalPrior
 
+    def constants(self) -> dict[str, float]:
+        """Every prior constant by its model data name, in the order the models use them."""
+        return {
+            "prior_intercept_mu": self.intercept.mu,
+            "prior_intercept_sigma": self.intercept.sigma,
+            "prior_slope_mu": self.slope.mu,
+            "prior_slope_sigma": self.slope.sigma,
+            "prior_arm_intercept_mu": self.arm_intercept.mu,
+            "prior_arm_intercept_sigma": self.arm_intercept.sigma,
+            "prior_slope_effect_mu": self.slope_effect.mu,
+            "prior_slope_effect_sigma": self.slope_effect.sigma,
+            "prior_sd_group_effect_sigma": self.sd_group_effect.sigma,
+            "prior_sd_intercept_sigma": self.sd_intercept.sigma,
+            "prior_sd_slope_sigma": self.sd_slope.sigma,
+            "prior_corr_eta": self.corr_intercept_slope.eta,
+            "prior_sd_residual_sigma": self.sd_residual.sigma,
+        }
+
     def to_frame(self) -> pl.DataFrame:
         """Tidy table ``parameter, family, mu, sigma, eta`` stating every prior."""
         rows = []
@@ -241,6 +259,12 @@ class GrowthDesign:
     def group_sizes(self) -> tuple[int, ...]:
         """Number of levels of each pooled factor, in ``groups`` order."""
         return tuple(len(self.levels[g]) for g in self.groups)
+
+
+#: The sufficient-statistic columns of ``GrowthData.cells`` that enter the likelihood.
+CELL_COLUMNS: tuple[str, ...] = (
+    "n", "k", "g01", "g11", "arm", "r0", "r1", "q00", "q01", "q11", "yy"
+)
 
 
 @dataclass

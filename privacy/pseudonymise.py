@@ -138,8 +138,9 @@ def pseudonymise_ids(frame: pl.DataFrame, column: str, key: bytes) -> pl.DataFra
     """Replace the ids in ``column`` with their keyed pseudonyms (HMAC-SHA256, hex).
 
     HMAC is computed once per *unique* id (ids are few relative to rows: one per
-    participant, many rows per participant) and mapped back with a join, so the cost is
-    O(unique ids) in Python and O(rows) in polars. Ids are compared as text (``12`` and
+    participant, many rows per participant) and gathered back (see
+    :func:`pseudonymise_series`), so the cost is O(unique ids) in Python and O(rows) in
+    polars. Ids are compared as text (``12`` and
     ``"12"`` get the same pseudonym); nulls stay null.
 
     Parameters
