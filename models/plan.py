@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +110,80 @@ class InterimSpec(_Strict):
         return self
 
 
+class PublicSpec(_Strict):
+    """``public:`` what the public report may show, declared and sealed with the plan.
+
+    Nothing public is taken from the data: group keys are the plan's arms and the declared
+    waves; outcomes, ε and usefulness are declared here (or defaulted from the plan) and
+    sealed with it, and their accuracy is planned before any data are read.
+
+    Attributes
+    ----------
+    outcomes
+        Outcomes with an effect figure (difference in mean change from baseline, at the
+        hypothesis's wave or the last declared wave). Default: the outcomes of the
+        primary and secondary hypotheses.
+    trajectories
+        Outcomes with a means figure (mean per arm x declared wave). Default: the primary
+        outcome.
+    waves
+        Public waves, baseline first. Default: the plan's ``waves`` schedule, else the
+        baseline 0 and the hypotheses' waves.
+    breakdowns
+        Group keys: the declared arms and waves (``[arm, wave]``).
+    epsilon
+        ε of one release suite. Default: the study's whole ``[privacy] epsilon``.
+    split
+        ``auto`` (each figure gets ε in proportion to what it needs to be useful, the
+        primary figures first) or a mapping figure id -> weight.
+    usefulness
+        Usefulness thresholds in outcome units, by figure id or outcome: a figure whose
+        expected 95 % noise margin is wider is withheld. Default: the hypothesis's minimal
+        important difference (MID) for an effect, half of it for the primary effect and
+        for means (two means one MID apart must be told apart), else the instrument's
+        MID, else a tenth of the range.
+    expected_n
+        Expected randomised participants (all arms). Default: ``planned_sample_size``.
+    expected_retention
+        Expected share still answering at the last wave (planning only).
+    change_bound
+        Changes from baseline are clipped to +/- this share of the range.
+    alpha
+        1 - confidence of every published margin and interval.
+    """
+
+    outcomes: list[str] | None = None
+    trajectories: list[str] | None = None
+    waves: list[int] | None = None
+    breakdowns: list[Literal["arm", "wave"]] = Field(default_factory=lambda: ["arm", "wave"])
+    epsilon: float | None = Field(default=None, gt=0.0)
+    split: Literal["auto"] | dict[str, float] = "auto"
+    usefulness: dict[str, float] = Field(default_factory=dict)
+    expected_n: int | None = Field(default=None, gt=0)
+    expected_retention: float = Field(default=0.75, gt=0.0, le=1.0)
+    change_bound: float = Field(default=0.5, gt=0.0, le=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> PublicSpec:
+        pattern = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
+
+        for key in ("outcomes", "trajectories"):
+            for o in getattr(self, key) or []:
+                if not re.match(pattern, o):
+                    raise ValueError(f"{key}: '{o}' is not an instrument.scale id")
+        if sorted(set(self.breakdowns)) != ["arm", "wave"]:
+            raise ValueError("breakdowns must be [arm, wave] (the declared arms and waves)")
+        if self.waves is not None and (len(set(self.waves)) != len(self.waves)
+                                       or any(w < 0 for w in self.waves)):
+            raise ValueError("waves must be distinct non-negative integers")
+        if any(v <= 0 for v in self.usefulness.values()):
+            raise ValueError("usefulness thresholds must be positive")
+        if isinstance(self.split, dict) and any(v < 0 for v in self.split.values()):
+            raise ValueError("split weights must be non-negative")
+        return self
+
+
 class HypothesisSpec(_Strict):
     """One pre-registered hypothesis: an outcome, a method and its error rate."""
 
@@ -162,7 +237,9 @@ class AnalysisPlan(_Strict):
     missing_data: MissingDataSpec = Field(default_factory=MissingDataSpec)
     interim: InterimSpec | None = None
     subgroups: list[str] = Field(default_factory=list)
+    waves: list[int] | None = None
     hypotheses: list[HypothesisSpec] = Field(min_length=1)
+    public: PublicSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AnalysisPlan:
@@ -178,7 +255,20 @@ class AnalysisPlan(_Strict):
                     raise ValueError(f"allocation lacks arm '{arm}'")
             if any(v <= 0 for v in self.allocation.values()):
                 raise ValueError("allocation shares must be positive")
+        if self.waves is not None:
+            if len(set(self.waves)) != len(self.waves) or any(w < 0 for w in self.waves):
+                raise ValueError("waves must be distinct non-negative integers")
+            for h in self.hypotheses:
+                if h.wave is not None and h.wave not in self.waves:
+                    raise ValueError(f"hypothesis {h.id}: wave {h.wave} is not in the plan's waves")
         return self
+
+    @property
+    def wave_schedule(self) -> list[int]:
+        """Declared waves: ``waves``, else baseline 0 and every hypothesis's wave."""
+        if self.waves is not None:
+            return sorted(self.waves)
+        return sorted({0, *(h.wave for h in self.hypotheses if h.wave is not None)})
 
     @property
     def allocation_shares(self) -> dict[str, float] | None:
@@ -318,6 +408,11 @@ def parse_analysis_plan(
                 raise PlanError(
                     source, f"hypotheses[{i}].outcome", f"unknown outcome '{h.outcome}'"
                 )
+        if plan.public is not None:
+            for key in ("outcomes", "trajectories"):
+                for i, o in enumerate(getattr(plan.public, key) or []):
+                    if o not in outcomes:
+                        raise PlanError(source, f"public.{key}[{i}]", f"unknown outcome '{o}'")
     if known_arms is not None:
         arms = set(known_arms)
         for key in ("control_arm", "treatment_arm"):
