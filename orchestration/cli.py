@@ -26,14 +26,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from instruments.definition import InstrumentDefinitionError
     from orchestration.readers import IngestError
     from orchestration.spec import StudySpecError
-    from privacy.ledger import LedgerError
-    from privacy.pseudonymise import PseudonymKeyError
+    from privacy.keys import KeySourceError
 
     # polars' ComputeError here means an input file polars cannot parse (ragged CSV rows,
-    # not UTF-8); LedgerError a ledger whose budget no longer matches the spec.
+    # not UTF-8); KeySourceError a named key source that is missing or too short.
     errors: list[type[BaseException]] = [
         InstrumentDefinitionError, IngestError, StudySpecError, FileNotFoundError,
-        LedgerError, PseudonymKeyError, pl.exceptions.ComputeError,
+        KeySourceError, pl.exceptions.ComputeError,
     ]
     try:
         from models.plan import AnalysisPlanError
@@ -138,23 +137,32 @@ def cmd_prereg(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    """Make the study's DP releases and render the public report."""
-    from orchestration.public import BudgetRefused, release_and_report
+    """Make the study's DP release suite and render the public report (or plan it)."""
+    from orchestration.public import ReleaseRefused, dry_run, release_and_report
+    from privacy.ledger import LedgerError
 
     try:
+        if args.dry_run:
+            print(dry_run(Path(args.study)))
+            return EXIT_OK
         outcome = release_and_report(Path(args.study))
-    except BudgetRefused as refused:
-        return _fail(str(refused), EXIT_FAILED)
+    except (ReleaseRefused, LedgerError) as refused:
+        return _fail(f"release refused: {refused}", EXIT_FAILED)
     print(outcome)
     return EXIT_OK
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    """Show the study's privacy-budget ledger."""
+    """Show the study's privacy-budget ledger; exit 1 when it does not verify."""
     from orchestration.public import format_ledger
+    from privacy.ledger import LedgerError
 
-    print(format_ledger(Path(args.study)))
-    return EXIT_OK
+    try:
+        text, ok = format_ledger(Path(args.study))
+    except LedgerError as exc:
+        return _fail(f"ledger refused: {exc}", EXIT_FAILED)
+    print(text)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 # ---------------------------------------------------------------- dashboard / instruments
@@ -228,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--study", help="count the outcome rows present when sealing")
     pr.set_defaults(func=cmd_prereg)
 
-    rel = sub.add_parser("release", help="make the DP releases and the public report")
-    rel.add_argument("study")
+    rel = sub.add_parser("release", help="make the declared DP release suite and the public "
+                         "report; exit 1 when refused (budget, ledger), 2 on a user mistake")
+    rel.add_argument("study", help="the study's study.toml")
+    rel.add_argument("--dry-run", action="store_true",
+                     help="print each declared figure's ε and expected 95%% accuracy; spend nothing")
     rel.set_defaults(func=cmd_release)
 
-    led = sub.add_parser("ledger", help="show the privacy-budget ledger")
-    led.add_argument("study")
+    led = sub.add_parser("ledger", help="show and verify the privacy-budget ledger; exit 1 "
+                         "on any inconsistency")
+    led.add_argument("study", help="the study's study.toml")
     led.set_defaults(func=cmd_ledger)
 
     db = sub.add_parser("dashboard", help="open the Streamlit dashboard")

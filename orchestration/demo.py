@@ -812,7 +812,7 @@ def build_analysis_plan(
     -------
     dict
         Keys ``title, control_arm, treatment_arm, multiplicity, allocation,
-        planned_sample_size, hypotheses``.
+        planned_sample_size, waves, hypotheses, public``.
     """
     config = config or DemoStudyConfig()
     lib = library or _library()
@@ -851,7 +851,16 @@ def build_analysis_plan(
         "multiplicity": "holm",
         "allocation": {ARMS[0]: round(1.0 - share, 10), ARMS[1]: round(share, 10)},
         "planned_sample_size": int(config.n_participants),
+        "waves": list(range(config.waves)),
         "hypotheses": hypotheses,
+        # What the public report may show, sealed with the plan: the primary outcome and
+        # each Flourish domain separately (a profile, not the collapsed index), WHO-5's
+        # trajectory by arm; retention is the demo's planned attrition (8 % a wave).
+        "public": {
+            "outcomes": ["who5.total", *(f"flourish12.{d}" for d in domains)],
+            "trajectories": ["who5.total"],
+            "expected_retention": round((1.0 - config.dropout_hazard) ** final, 2),
+        },
     }
 
 

@@ -27,6 +27,10 @@ class ReleaseRefused(RuntimeError):
     """Nothing was released: the budget, the ledger or the plan does not allow it (exit 1)."""
 
 
+class NothingDeclared(ReleaseRefused):
+    """The study declares nothing public (no privacy section, no plan, or an unsealed plan)."""
+
+
 BudgetRefused = ReleaseRefused
 """Former name, kept for callers of the first public tier."""
 
@@ -128,15 +132,15 @@ def load_public_declaration(study: Study) -> tuple[PublicDeclaration, object]:
     from orchestration.pipeline import known_outcomes
 
     if study.spec.privacy is None:
-        raise ReleaseRefused(f"{study.spec.spec_path}: no [privacy] section: no budget to spend")
+        raise NothingDeclared(f"{study.spec.spec_path}: no [privacy] section: no budget to spend")
     path = plan_path(study)
     if path is None:
-        raise ReleaseRefused(f"{study.spec.spec_path}: no [analysis] plan: nothing is declared "
+        raise NothingDeclared(f"{study.spec.spec_path}: no [analysis] plan: nothing is declared "
                              "public (the public tier releases only what a sealed plan declares)")
     plan = load_analysis_plan(path, known_outcomes=known_outcomes(study.library))
     check = verify_plan(path)
     if check.status == "unlocked":
-        raise ReleaseRefused(f"{path}: the plan is not sealed, so nothing is declared public yet; "
+        raise NothingDeclared(f"{path}: the plan is not sealed, so nothing is declared public yet; "
                              f"seal it with `flourish prereg lock {path}`")
     if check.status == "deviated":
         raise ReleaseRefused(f"{path}: the plan deviates from its seal; the public declaration "

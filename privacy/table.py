@@ -122,6 +122,7 @@ def build_public_table(
         declared.join(wide, on=id_column, how="left")
         .select(pl.col("arm").replace_strict(arms, return_dtype=pl.Int32), *columns)
         .with_columns(pl.col(c).cast(pl.Float64) for c in columns)
+        .sort(["arm", *columns], nulls_last=True)  # canonical order: ids are not in the table
     )
     return PublicTable(frame=frame, data_version=compute_data_version(frame), dropped=dropped)
 
