@@ -28,6 +28,7 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 )
 
 DEFAULT_LEDGER_NAME = "privacy_ledger.sqlite"
+DEFAULT_ANCHOR_NAME = "privacy_ledger.anchor.json"
 
 
 class StudySpecError(ValueError):
@@ -112,18 +113,24 @@ class PrivacySpec(_Strict):
     """``[privacy]``: total ε of the study's public releases and where the ledger lives.
 
     ``pseudonym_key_env`` and ``pseudonym_key_file`` are alternative sources of the
-    HMAC key for participant ids and are mutually exclusive.
+    master key for participant pseudonyms; ``ledger_key_env`` and ``ledger_key_file`` of
+    the ledger's key. Each pair is mutually exclusive; a named source must exist (see
+    :func:`privacy.keys.load_study_key`).
     """
 
     epsilon: float = Field(gt=0)
     ledger: str | None = None
     pseudonym_key_env: str | None = None
     pseudonym_key_file: str | None = None
+    ledger_key_env: str | None = None
+    ledger_key_file: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PrivacySpec:
         if self.pseudonym_key_env is not None and self.pseudonym_key_file is not None:
             raise ValueError("give either 'pseudonym_key_env' or 'pseudonym_key_file', not both")
+        if self.ledger_key_env is not None and self.ledger_key_file is not None:
+            raise ValueError("give either 'ledger_key_env' or 'ledger_key_file', not both")
         return self
 
 
@@ -131,10 +138,12 @@ class StudySpec(_Strict):
     """A validated ``study.toml``.
 
     Use :func:`load_study_spec`; paths are kept as written and resolved against
-    :attr:`base_dir` by :meth:`resolve`.
+    :attr:`base_dir` by :meth:`resolve`. ``study_id`` (default: ``name``) is what the
+    study's keys are derived for (:attr:`study_key_id`).
     """
 
     name: str
+    study_id: str | None = Field(default=None, min_length=1)
     output_dir: str = "out"
     participants: ParticipantsSpec
     survey: list[SurveySpec] = Field(min_length=1)
@@ -175,6 +184,23 @@ class StudySpec(_Strict):
         if self.privacy is not None and self.privacy.ledger is not None:
             return self.resolve(self.privacy.ledger)
         return self.base_dir / DEFAULT_LEDGER_NAME
+
+    @property
+    def ledger_anchor_path(self) -> Path:
+        """Absolute path of the ledger's anchor file: ``privacy_ledger.anchor.json``.
+
+        Always beside study.toml, whatever ``[privacy] ledger`` says, so a ledger that is
+        deleted, replaced or pointed elsewhere is detected against the head recorded here.
+        """
+        return self.base_dir / DEFAULT_ANCHOR_NAME
+
+    @property
+    def study_key_id(self) -> str:
+        """The id keys are derived for (``study_id``, else ``name``).
+
+        Set ``study_id`` to keep pseudonyms and the ledger key stable across a rename.
+        """
+        return self.study_id if self.study_id is not None else self.name
 
     @property
     def instrument_dirs(self) -> list[Path]:

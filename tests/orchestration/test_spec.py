@@ -130,6 +130,13 @@ def test_relative_spec_path_is_made_absolute(tmp_path, monkeypatch):
             "not both",
         ),
         (
+            MINIMAL + '\n[privacy]\nepsilon = 1.0\nledger_key_env = "A"\n'
+            'ledger_key_file = "k"\n',
+            "privacy",
+            "not both",
+        ),
+        ('study_id = ""\n' + MINIMAL, "study_id", "at least 1"),
+        (
             MINIMAL + '\n[telemetry]\npath = "t.parquet"\nwindow_days = 0\n',
             "telemetry.window_days",
             "",
@@ -178,3 +185,20 @@ def test_spec_is_frozen(tmp_path):
     spec = load_study_spec(write(tmp_path, MINIMAL))
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         spec.name = "other"
+
+
+def test_keys_anchor_and_study_id(tmp_path):
+    spec = load_study_spec(write(tmp_path, MINIMAL))
+    assert spec.study_key_id == "Example trial"  # defaults to the name
+    assert spec.ledger_anchor_path == tmp_path.absolute() / "privacy_ledger.anchor.json"
+    text = 'study_id = "trial-2024-07"\n' + MINIMAL + (
+        '\n[privacy]\nepsilon = 2.0\nledger = "elsewhere/l.sqlite"\n'
+        'ledger_key_file = "secrets/ledger.key"\n'
+    )
+    spec = load_study_spec(write(tmp_path, text))
+    assert spec.study_key_id == "trial-2024-07"
+    assert spec.privacy.ledger_key_file == "secrets/ledger.key"
+    assert spec.privacy.ledger_key_env is None
+    # the anchor stays beside study.toml when the ledger is moved, so the move is detected
+    assert spec.ledger_path == tmp_path.absolute() / "elsewhere" / "l.sqlite"
+    assert spec.ledger_anchor_path == tmp_path.absolute() / "privacy_ledger.anchor.json"
