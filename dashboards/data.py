@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+from privacy.ledger import LedgerSummary
+from privacy.objects import DPRelease, StoredRelease
+
+if TYPE_CHECKING:
+    from orchestration.spec import StudySpec
 
 STUDY_ENV = "FLOURISH_STUDY"
 
@@ -23,6 +30,7 @@ class StudyOutputs:
 
     output_dir: Path
     name: str = "study"
+    spec: StudySpec | None = field(default=None, compare=False, repr=False)
 
     def _read(self, stem: str) -> pl.DataFrame | None:
         path = self.output_dir / f"{stem}.parquet"
@@ -62,7 +70,7 @@ def locate_outputs(spec_path: str | None = None) -> StudyOutputs:
     if not spec_path:
         raise FileNotFoundError(f"no study given: set {STUDY_ENV} or run `flourish dashboard`")
     spec = load_study_spec(spec_path)
-    return StudyOutputs(output_dir=spec.output_path, name=spec.name)
+    return StudyOutputs(output_dir=spec.output_path, name=spec.name, spec=spec)
 
 
 def compute_participation(scores: pl.DataFrame, participants: pl.DataFrame) -> pl.DataFrame:
@@ -161,10 +169,157 @@ def compute_raw_country_slopes(outputs: StudyOutputs, outcome: str = "who5.total
     )
 
 
-def load_public_releases(folder: Path) -> list:
-    """The DP release objects stored in ``releases/`` (the only input of public views)."""
-    from privacy.release import DPRelease
+# ----------------------------------------------------------------------------- public tier
 
-    if not folder.exists():
-        return []
-    return [DPRelease.from_json(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+@dataclass(frozen=True)
+class PublicView:
+    """What the public and privacy pages may show: releases that verify against the ledger.
+
+    Attributes
+    ----------
+    releases
+        Stored releases whose ledger stamp verifies, oldest first (by ledger seq).
+    rejected
+        ``(file, reason)`` for every file in ``releases/`` that is not a stored release or
+        does not verify; never shown as DP results.
+    summary
+        The ledger's summary (budget, spent, remaining, head), or None without a ledger.
+    problem
+        Why nothing can be verified (no ledger, a ledger that fails its check, ...), or None.
+    """
+
+    releases: list[StoredRelease]
+    rejected: list[tuple[str, str]]
+    summary: LedgerSummary | None
+    problem: str | None
+
+    @property
+    def newest(self) -> StoredRelease | None:
+        """The release with the highest ledger seq (what the public report leads with)."""
+        return self.releases[-1] if self.releases else None
+
+
+def _release_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.json")) if folder.exists() else []
+
+
+def _open_ledger(spec: StudySpec) -> Any:
+    from orchestration.keys import open_study_ledger  # the study's keyed ledger
+
+    return open_study_ledger(spec, create=False)
+
+
+def load_public_releases(spec: StudySpec, *, ledger: Any = None) -> PublicView:
+    """The study's stored releases that verify against its ledger, and the files that do not.
+
+    Parameters
+    ----------
+    spec
+        The study (its ``output_path / "releases"`` is read; its ledger is opened read-only
+        with ``orchestration.keys.open_study_ledger(spec, create=False)``).
+    ledger
+        An already open ledger (anything with ``verify_stored(stamp, payload_json)`` and
+        ``summary()``); tests pass a fake one.
+
+    Returns
+    -------
+    PublicView
+        Only files that parse as :class:`~privacy.objects.StoredRelease` *and* whose stamp
+        the ledger verifies are in ``releases``; every other file is in ``rejected`` with
+        the reason. Without a trustworthy ledger nothing is shown and ``problem`` says why.
+    """
+    from privacy import ledger as ledger_mod
+
+    files = _release_files(spec.output_path / "releases")
+    missing_error = getattr(ledger_mod, "LedgerMissingError", FileNotFoundError)
+    if ledger is None:
+        try:
+            ledger = _open_ledger(spec)
+        except missing_error as exc:
+            reason = "no privacy ledger to verify it against"
+            return PublicView([], [(str(p), reason) for p in files], None,
+                              f"no privacy ledger ({exc}); nothing can be verified")
+        except (ledger_mod.LedgerError, ImportError, OSError, ValueError) as exc:
+            reason = "the privacy ledger cannot be opened"
+            return PublicView([], [(str(p), reason) for p in files], None,
+                              f"the privacy ledger cannot be opened: {exc}")
+    try:
+        summary = ledger.summary()
+    except (ledger_mod.LedgerError, OSError) as exc:
+        return PublicView([], [(str(p), "the privacy ledger cannot be read") for p in files], None,
+                          f"the privacy ledger cannot be read: {exc}")
+    if not summary.verified:
+        problems = "; ".join(str(x) for x in getattr(summary, "problems", ()) or ())
+        detail = f": {problems}" if problems else ""
+        return PublicView([], [(str(p), "the privacy ledger failed its integrity check")
+                               for p in files], summary,
+                          f"the privacy ledger failed its integrity check{detail}")
+    good: list[StoredRelease] = []
+    rejected: list[tuple[str, str]] = []
+    for path in files:
+        try:
+            stored = StoredRelease.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            rejected.append((str(path), f"not a stored Flourish release ({exc})"))
+            continue
+        try:
+            ok = bool(ledger.verify_stored(stored.stamp, stored.release.to_json()))
+        except (ledger_mod.LedgerError, ValueError, KeyError) as exc:
+            ok, why = False, f"cannot be checked against the ledger ({exc})"
+        else:
+            why = "its ledger stamp does not verify (not charged, or edited after release)"
+        if not ok:
+            rejected.append((str(path), why))
+            continue
+        good.append(stored)
+    good.sort(key=lambda s: s.stamp.seq)
+    seen: set[str] = set()
+    unique = [s for s in good if not (s.release.release_id in seen or seen.add(s.release.release_id))]
+    return PublicView(unique, rejected, summary, None)
+
+
+def compute_budget(summary: LedgerSummary) -> dict[str, float | int]:
+    """ε spent, left and in total (the ledger's numbers), and the number of releases."""
+    return {"budget": float(summary.budget), "spent": float(summary.spent),
+            "remaining": float(summary.remaining), "n_releases": int(summary.n_releases)}
+
+
+def compute_release_table(view: PublicView) -> pl.DataFrame:
+    """One row per verified release, newest first: ledger entry, date, ε, figures shown."""
+    rows = [
+        {"ledger_entry": s.stamp.seq, "created_at": s.release.created_at[:19].replace("T", " "),
+         "epsilon": float(s.release.epsilon),
+         "released": sum(f.released for f in s.release.figures),
+         "withheld": sum(not f.released for f in s.release.figures),
+         "release_id": s.release.release_id[:16], "entry_hash": s.stamp.entry_hash[:16]}
+        for s in reversed(view.releases)
+    ]
+    schema = {"ledger_entry": pl.Int64, "created_at": pl.String, "epsilon": pl.Float64,
+              "released": pl.Int64, "withheld": pl.Int64, "release_id": pl.String,
+              "entry_hash": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def compute_figure_table(release: DPRelease) -> pl.DataFrame:
+    """One row per declared figure of a release: status, ε, planned accuracy, result in words.
+
+    A withheld figure shows its reason and no value; an effect shows estimate and interval,
+    a means figure its number of cells.
+    """
+    rows = []
+    for f in release.figures:
+        result = "withheld: too uncertain at this privacy level"
+        if f.released and f.kind == "effect" and f.values:
+            v = f.values[0]
+            if v.get("estimate") is not None:
+                result = f"{v['estimate']:+.2f} ({v['ci_low']:.2f} to {v['ci_high']:.2f})"
+        elif f.released:
+            result = f"{len(f.values)} means (arm × wave)"
+        rows.append({"figure": f.id, "role": f.role, "status": f.status, "epsilon": float(f.epsilon),
+                     "planned_margin": float(f.planned_margin), "threshold": float(f.threshold),
+                     "result": result, "reason": f.reason})
+    schema = {"figure": pl.String, "role": pl.String, "status": pl.String, "epsilon": pl.Float64,
+              "planned_margin": pl.Float64, "threshold": pl.Float64, "result": pl.String,
+              "reason": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")

@@ -47,18 +47,8 @@ _ROLE_NOTE = {
     "guardrail": "safety check: should not get worse",
 }
 
-_CSS = """
-:root{--ink:#1b1b1b;--muted:#5a5a5a;--line:#d9d9d9;--band:#eef2f6;--accent:#0072B2}
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:960px;
-margin:2rem auto;padding:0 1.2rem;color:var(--ink);line-height:1.5;font-size:17px}
-h1{font-size:1.75rem;margin:.2rem 0 1rem;line-height:1.25}
-h2{font-size:1.3rem;margin-top:2.6rem;padding-bottom:.25rem;border-bottom:1px solid var(--line)}
-h3{font-size:1.05rem;margin:1.4rem 0 .3rem}
-.kicker{color:var(--muted);font-size:.9rem;margin:0}
-.headline{font-size:1.3rem;line-height:1.45;margin:.4rem 0 .6rem;font-weight:600}
-.mid{font-size:1.05rem;margin:.2rem 0 .8rem}
-.read{background:var(--band);border-radius:6px;padding:.7rem 1rem;font-size:.95rem}
+_VARS = "--ink:#1b1b1b;--muted:#5a5a5a;--line:#d9d9d9;--band:#eef2f6;--accent:#0072B2"
+_COMPONENT_CSS = """
 .withheld{color:var(--muted);font-style:italic}
 .note{color:var(--muted);font-size:.9rem}
 .profile{display:grid;grid-template-columns:minmax(11rem,15rem) 380px minmax(10rem,1fr);
@@ -71,26 +61,56 @@ column-gap:1rem;align-items:center;margin:1rem 0}
 font-size:.95rem;height:100%;display:flex;align-items:center}
 .profile .value small{display:block;color:var(--muted);font-size:.8rem}
 .profile .axis{grid-column:2}
+.profile .axis-label{grid-column:2;text-align:center;font-size:.85rem;color:var(--muted)}
 .key{display:flex;gap:1.2rem;flex-wrap:wrap;font-size:.88rem;color:var(--muted);margin:.3rem 0}
 .key i{display:inline-block;width:.8rem;height:.8rem;border-radius:50%;margin-right:.35rem;
 vertical-align:-.1rem}
 .key i.band{border-radius:0;background:#dfe6ee;width:1.4rem}
-.profile .axis-label{grid-column:2;text-align:center;font-size:.85rem;color:var(--muted)}
 .legend{display:flex;gap:1.4rem;flex-wrap:wrap;font-size:.9rem;margin:.4rem 0}
 .legend span{display:inline-flex;align-items:center;gap:.4rem}
-figure{margin:1rem 0}figcaption{font-size:.88rem;color:var(--muted);max-width:44rem}
+figure{margin:1rem 0}
+figcaption{font-size:.88rem;color:var(--muted);max-width:44rem}
 svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
 table{border-collapse:collapse;font-size:.9rem;margin:.6rem 0;font-variant-numeric:tabular-nums}
 td,th{border-bottom:1px solid var(--line);padding:.25rem .7rem;text-align:right}
-th{font-weight:600}td.t,th.t{text-align:left}
+th{font-weight:600}
+td.t,th.t{text-align:left}
+"""
+_CSS = (":root{" + _VARS + "}" + """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:960px;
+margin:2rem auto;padding:0 1.2rem;color:var(--ink);line-height:1.5;font-size:17px}
+h1{font-size:1.75rem;margin:.2rem 0 1rem;line-height:1.25}
+h2{font-size:1.3rem;margin-top:2.6rem;padding-bottom:.25rem;border-bottom:1px solid var(--line)}
+h3{font-size:1.05rem;margin:1.4rem 0 .3rem}
+.kicker{color:var(--muted);font-size:.9rem;margin:0}
+.headline{font-size:1.3rem;line-height:1.45;margin:.4rem 0 .6rem;font-weight:600}
+.mid{font-size:1.05rem;margin:.2rem 0 .8rem}
+.read{background:var(--band);border-radius:6px;padding:.7rem 1rem;font-size:.95rem}
 dl.how{display:grid;grid-template-columns:minmax(10rem,14rem) 1fr;gap:.5rem 1rem;margin:1rem 0}
-dl.how dt{font-weight:600}dl.how dd{margin:0}
+dl.how dt{font-weight:600}
+dl.how dd{margin:0}
 code{font-size:.82rem;word-break:break-all;background:#f4f4f4;padding:0 .2rem;border-radius:3px}
 .plan{padding:.5rem .8rem;border-radius:6px;background:var(--band)}
 .plan-deviated{background:#fde8ea;color:#b00020;font-weight:bold;border:2px solid #b00020}
 .ledger-bad{background:#fde8ea;color:#b00020;font-weight:bold;padding:.5rem .8rem;border-radius:6px}
 footer{margin-top:3rem;color:var(--muted);font-size:.85rem}
-"""
+""" + _COMPONENT_CSS)
+
+
+def fragment_css(scope: str = ".flourish-public") -> str:
+    """The profile and trajectory styles scoped under ``scope``, for embedding in another page.
+
+    The dashboard wraps :func:`render_profile_html` / :func:`render_trajectory_svg` output in
+    ``<div class="flourish-public">`` so these rules touch nothing else on its page.
+    """
+    rules = [r.strip() for r in _COMPONENT_CSS.replace("\n", "").split("}") if r.strip()]
+    out = [f"{scope}{{{_VARS}}}"]
+    for rule in rules:
+        selectors, body = rule.split("{", 1)
+        scoped = ",".join(f"{scope} {sel.strip()}" for sel in selectors.split(","))
+        out.append(f"{scoped}{{{body}}}")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -188,15 +208,17 @@ def _check_inputs(releases: object, summary: object) -> list[_Shown]:
     return sorted(shown.values(), key=lambda s: s.stamp.seq)
 
 
-def ledger_head(summary: LedgerSummary, shown_stamps: Sequence[LedgerStamp] = ()) -> LedgerStamp:
+def ledger_head(summary: LedgerSummary,
+                shown_stamps: Sequence[LedgerStamp] = ()) -> LedgerStamp | None:
     """The ledger's head entry as a stamp (``ledger_id``, ``seq``, ``entry_hash``).
 
-    Uses ``summary.head`` when the summary carries one; otherwise the head is entry
-    ``n_releases`` with ``head_hash``, and the ledger id is the summary's or the stamps'.
+    Uses ``summary.head`` when the summary carries that field (None: an empty ledger, no
+    head to publish); otherwise the head is entry ``n_releases`` with ``head_hash``, and the
+    ledger id is the summary's or the stamps'.
     """
-    head = getattr(summary, "head", None)
-    if isinstance(head, LedgerStamp):
-        return head
+    if hasattr(summary, "head"):
+        head = summary.head
+        return head if isinstance(head, LedgerStamp) else None
     lid = _summary_ledger_id(summary) or next((s.ledger_id for s in shown_stamps if s.ledger_id), "")
     return LedgerStamp(lid, int(summary.n_releases), str(summary.head_hash))
 
@@ -431,6 +453,22 @@ def _profile_intro(release: DPRelease, effects: Sequence[DPFigure]) -> str:
     )
 
 
+def render_profile_html(release: DPRelease) -> str:
+    """The per-dimension profile of a release (intro, colour key, rows, shared axis) as HTML.
+
+    Every effect figure is one row tagged ``data-figure-id``; a withheld one says
+    :data:`WITHHELD_TEXT` and shows no number.
+    """
+    effects = [f for f in release.figures if f.kind == "effect"]
+    return _profile_intro(release, effects) + _profile(release)
+
+
+def primary_effect(release: DPRelease) -> DPFigure | None:
+    """The effect figure the page leads with: the primary one, else the first effect."""
+    effects = [f for f in release.figures if f.kind == "effect"]
+    return next((f for f in effects if f.role == "primary"), effects[0] if effects else None)
+
+
 def _profile(release: DPRelease) -> str:
     figs = _profile_order([f for f in release.figures if f.kind == "effect"])
     if not figs:
@@ -610,13 +648,8 @@ def _plan_block(note: PlanStatusNote | None) -> str:
     return "<p class='plan'>The analysis plan was not sealed (not pre-registered).</p>"
 
 
-def _primary(release: DPRelease) -> DPFigure | None:
-    effects = [f for f in release.figures if f.kind == "effect"]
-    return next((f for f in effects if f.role == "primary"), effects[0] if effects else None)
-
-
 def _lead(release: DPRelease) -> str:
-    fig = _primary(release)
+    fig = primary_effect(release)
     if fig is None:
         return "<p class='headline'>This release declares no treatment-effect figure.</p>"
     fid = html.escape(fig.id, quote=True)
@@ -653,7 +686,7 @@ def _declared(release: DPRelease) -> str:
             f"Groups: {arms}. Waves: {waves}. Nothing else about the data is public.")
 
 
-def _how_made(shown: _Shown, summary: LedgerSummary, head: LedgerStamp,
+def _how_made(shown: _Shown, summary: LedgerSummary, head: LedgerStamp | None,
               plan: PlanStatusNote | None, older: Sequence[_Shown]) -> str:
     rel, stamp = shown.release, shown.stamp
     p = rel.privacy
@@ -673,7 +706,8 @@ def _how_made(shown: _Shown, summary: LedgerSummary, head: LedgerStamp,
         rows.append(("Accounting", html.escape(p["accounting"])))
     rows += [
         ("Public by declaration", _declared(rel)),
-        ("Ledger head", f"ledger <code>{html.escape(head.ledger_id or 'unknown')}</code>, entry "
+        ("Ledger head", "\u2014" if head is None else
+                        f"ledger <code>{html.escape(head.ledger_id or 'unknown')}</code>, entry "
                         f"{head.seq}, hash <code>{html.escape(head.entry_hash)}</code>. "
                         "Keep this: a later copy of the ledger must still contain it."),
         ("This release in the ledger", f"entry {stamp.seq}, hash "
@@ -706,7 +740,8 @@ def _how_made(shown: _Shown, summary: LedgerSummary, head: LedgerStamp,
 
 def _page(shown: list[_Shown], summary: LedgerSummary, plan: PlanStatusNote | None) -> str:
     head = ledger_head(summary, [s.stamp for s in shown])
-    meta = html.escape(f"{head.ledger_id}:{head.seq}:{head.entry_hash}", quote=True)
+    meta = "" if head is None else html.escape(f"{head.ledger_id}:{head.seq}:{head.entry_hash}",
+                                                quote=True)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -738,7 +773,7 @@ def _page(shown: list[_Shown], summary: LedgerSummary, plan: PlanStatusNote | No
               deviated, bad, _lead(rel), _how_to_read(rel), "</header>"]
     if effects:
         parts += ["<section id='profile'><h2>Result on each part of wellbeing</h2>",
-                  _profile_intro(rel, effects), _profile(rel), "</section>"]
+                  render_profile_html(rel), "</section>"]
     for f in means:
         fid = html.escape(f.id, quote=True)
         parts.append(f"<section class='trajectory'><h2>Average {html.escape(_short_label(f))} "

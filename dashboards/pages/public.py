@@ -1,20 +1,74 @@
-"""Public view: only differentially private release objects, never participant rows."""
+"""Public view: only releases whose ledger stamp verifies, drawn as the public report draws them."""
+
+import html
 
 import streamlit as st
 
-from dashboards.data import load_public_releases
+from dashboards.data import compute_budget, compute_figure_table, load_public_releases
+from dashboards.report import (
+    WITHHELD_TEXT,
+    describe_effect,
+    describe_threshold,
+    fragment_css,
+    primary_effect,
+    render_profile_html,
+    render_trajectory_svg,
+)
 
 outputs = st.session_state["outputs"]
 st.title("Public results (differentially private)")
-st.caption("Every number on this page is a DP release from the study's privacy ledger; "
-           "noise is added so that no participant's data can be inferred.")
+st.caption("Only releases whose ledger stamp verifies against the study's privacy ledger are "
+           "shown; every number is differentially private.")
 
-releases = load_public_releases(outputs.output_dir / "releases")
-if not releases:
-    st.info("No releases yet: run `flourish release STUDY.toml`.")
+if outputs.spec is None:
+    st.info("No study spec: open the dashboard with `flourish dashboard STUDY.toml`.")
     st.stop()
-for rel in releases:
-    st.subheader(rel.kind.replace("_", " ").capitalize())
-    st.caption(f"{rel.mechanism}; ε = {rel.epsilon:.3g} ({rel.privacy_definition}); "
-               f"release {rel.release_id[:16]}")
-    st.dataframe(rel.to_frame(), hide_index=True)
+view = load_public_releases(outputs.spec)
+if view.problem:
+    st.warning(f"Nothing can be shown as DP: {view.problem}.")
+if view.rejected:
+    with st.expander(f"{len(view.rejected)} file(s) in releases/ not shown: they do not verify"):
+        for path, reason in view.rejected:
+            st.markdown(f"- `{path}`: {reason}")
+if not view.releases or view.summary is None:
+    st.info("No verified releases yet: run `flourish release STUDY.toml`.")
+    st.stop()
+
+choices = list(reversed(view.releases))
+stored = st.selectbox(
+    "Release", choices, index=0,
+    format_func=lambda s: (f"ledger entry {s.stamp.seq} · {s.release.created_at[:10]} · "
+                           f"ε {s.release.epsilon:.3g}" + (" (newest)" if s is choices[0] else "")),
+)
+rel = stored.release
+budget = compute_budget(view.summary)
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("ε of this release", f"{rel.epsilon:.3g}")
+c2.metric("ε spent", f"{budget['spent']:.3g}")
+c3.metric("ε left", f"{budget['remaining']:.3g}")
+c4.metric("ε total budget", f"{budget['budget']:.3g}")
+
+fig = primary_effect(rel)
+if fig is not None:
+    st.subheader("Headline")
+    st.markdown(f"**{describe_effect(fig, rel)}**")
+    if (mid := describe_threshold(fig)):
+        st.markdown(mid)
+
+st.html(f"<style>{fragment_css()}</style>")
+st.subheader("Result on each part of wellbeing")
+st.html(f'<div class="flourish-public">{render_profile_html(rel)}</div>')
+
+for means in (f for f in rel.figures if f.kind == "means"):
+    st.subheader(f"Average {means.scale_title or means.outcome} over time")
+    if means.released:
+        st.html(f'<div class="flourish-public"><figure data-figure-id="{html.escape(means.id)}">'
+                f"{render_trajectory_svg(means, rel)}</figure></div>")
+    else:
+        st.markdown(f"_{WITHHELD_TEXT}_")
+
+with st.expander("Every declared figure of this release"):
+    st.dataframe(compute_figure_table(rel), hide_index=True)
+report = outputs.output_dir / "report" / "index.html"
+if report.exists():
+    st.markdown(f"Public report (what the public reads): `{report}`")
