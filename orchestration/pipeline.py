@@ -8,8 +8,6 @@ and the readers touch the study's files.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +16,10 @@ import polars as pl
 from instruments.definition import InstrumentLibrary, load_library
 from instruments.scoring import score_responses
 from instruments.validation import ValidationResult, validate_responses
+from orchestration.keys import pseudonym_key
 from orchestration.readers import read_participants, read_surveys
 from orchestration.spec import StudySpec, StudySpecError, load_study_spec
 from privacy.pseudonymise import drop_direct_identifiers, pseudonymise_ids, pseudonymise_series
-
-PSEUDONYM_ENV_DEFAULT = "FLOURISH_PSEUDONYM_KEY"
 
 
 @dataclass(frozen=True)
@@ -54,24 +51,6 @@ def load_study(spec_path: Path | str) -> Study:
     return Study(spec=spec, library=library)
 
 
-def load_pseudonym_key(spec: StudySpec) -> bytes:
-    """The study's pseudonymisation key.
-
-    Order: the environment variable named in the spec (default ``FLOURISH_PSEUDONYM_KEY``),
-    then the spec's key file, then ``pseudonym.key`` beside study.toml, created on first use
-    with mode 0600. The key never enters ``output_dir`` (users share and delete outputs).
-    """
-    privacy = spec.privacy
-    env = (privacy.pseudonym_key_env if privacy else None) or PSEUDONYM_ENV_DEFAULT
-    if os.environ.get(env):
-        return os.environ[env].encode()
-    path = spec.resolve((privacy.pseudonym_key_file if privacy else None) or "pseudonym.key")
-    if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip().encode()
-
-
 @dataclass(frozen=True)
 class IngestResult:
     """Validated, pseudonymised responses and everything that was set aside."""
@@ -87,7 +66,7 @@ def ingest_study(study: Study) -> IngestResult:
 
     Direct identifiers (emails, phones, names, IPs) are dropped before anything is stored.
     """
-    key = load_pseudonym_key(study.spec)
+    key = pseudonym_key(study.spec).key
     participants = read_participants(study.spec)
     participants, identifiers = drop_direct_identifiers(participants, protect=("participant_id",))
     raw = read_surveys(study.spec, study.library)
@@ -368,7 +347,7 @@ def ingest_telemetry(study: Study, participants: pl.DataFrame):  # noqa: ANN201
     paths = expand_paths(study.spec, study.spec.telemetry.path)
     events = scan_events(paths).collect()
     events, _ = drop_direct_identifiers(events, protect=("participant_id",))
-    events = pseudonymise_ids(events, "participant_id", load_pseudonym_key(study.spec))
+    events = pseudonymise_ids(events, "participant_id", pseudonym_key(study.spec).key)
     return validate_events(events.lazy(), participants["participant_id"])
 
 

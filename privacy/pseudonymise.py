@@ -13,11 +13,9 @@ as ``(column, kind, n_values, action, detected_by)`` for the validation summary.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -28,64 +26,6 @@ DetectedBy = Literal["name", "pattern"]
 
 MIN_KEY_BYTES = 16
 """Shortest accepted pseudonymisation key (128 bits, the HMAC security level we want)."""
-
-
-class PseudonymKeyError(ValueError):
-    """No usable pseudonymisation key: names where it was looked for (never the key)."""
-
-
-def load_pseudonym_key(env_var: str | None, key_file: Path | None) -> bytes:
-    """Read the pseudonymisation key from an environment variable or a secret file.
-
-    The environment variable wins when it is set and non-empty (a deployment injects
-    secrets that way); otherwise the file is read and surrounding whitespace stripped.
-
-    Parameters
-    ----------
-    env_var
-        Name of the environment variable holding the key (text, used as UTF-8 bytes).
-    key_file
-        Path of a file holding the key.
-
-    Returns
-    -------
-    bytes
-        The key, at least ``MIN_KEY_BYTES`` long.
-
-    Raises
-    ------
-    PseudonymKeyError
-        When neither source yields a key, or the key is shorter than 16 bytes. The message
-        names the variable and file, never the key.
-
-    Examples
-    --------
-    >>> import os
-    >>> os.environ["DOCTEST_KEY"] = "0123456789abcdef0123"
-    >>> load_pseudonym_key("DOCTEST_KEY", None)
-    b'0123456789abcdef0123'
-    """
-    key: bytes | None = None
-    where: list[str] = []
-    if env_var:
-        where.append(f"environment variable {env_var}")
-        value = os.environ.get(env_var, "")
-        if value.strip():
-            key = value.strip().encode("utf-8")
-    if key is None and key_file is not None:
-        where.append(f"file {key_file}")
-        path = Path(key_file)
-        if path.is_file():
-            key = path.read_bytes().strip()
-    if not where:
-        raise PseudonymKeyError("no pseudonym key source given (env_var and key_file are None)")
-    if not key:
-        raise PseudonymKeyError(f"no pseudonym key found in {' or '.join(where)}")
-    if len(key) < MIN_KEY_BYTES:
-        raise PseudonymKeyError(
-            f"pseudonym key from {' or '.join(where)} is shorter than {MIN_KEY_BYTES} bytes"
-        )
-    return key
 
 
 #: SHA-256's block size in bytes, and RFC 2104's inner and outer pads.
@@ -150,7 +90,8 @@ def pseudonymise_ids(frame: pl.DataFrame, column: str, key: bytes) -> pl.DataFra
     column
         The id column to replace (in place, same name, dtype String).
     key
-        Secret key bytes (see :func:`load_pseudonym_key`); at least 16 bytes.
+        Secret key bytes (the study's derived key, :func:`privacy.keys.load_study_key`);
+        at least 16 bytes.
 
     Returns
     -------

@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.pseudonymise import (
-    PseudonymKeyError,
     compute_pseudonyms,
     drop_direct_identifiers,
-    load_pseudonym_key,
     pseudonym,
     pseudonymise_ids,
 )
@@ -78,26 +76,6 @@ def test_numeric_ids_and_nulls():
 def test_short_key_refused():
     with pytest.raises(ValueError):
         pseudonymise_ids(pl.DataFrame({"participant_id": ["a"]}), "participant_id", b"short")
-
-
-def test_load_key_env_then_file(tmp_path, monkeypatch):
-    key_file = tmp_path / "pseudonym.key"
-    key_file.write_text("file-key-0123456789abcdef\n")
-    monkeypatch.delenv("FLOURISH_TEST_KEY", raising=False)
-    assert load_pseudonym_key("FLOURISH_TEST_KEY", key_file) == b"file-key-0123456789abcdef"
-    monkeypatch.setenv("FLOURISH_TEST_KEY", "env-key-0123456789abcdef")
-    assert load_pseudonym_key("FLOURISH_TEST_KEY", key_file) == b"env-key-0123456789abcdef"
-
-
-def test_load_key_errors_never_show_the_key(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOURISH_TEST_KEY", "tooshort")
-    with pytest.raises(PseudonymKeyError) as info:
-        load_pseudonym_key("FLOURISH_TEST_KEY", None)
-    assert "tooshort" not in str(info.value) and "FLOURISH_TEST_KEY" in str(info.value)
-    with pytest.raises(PseudonymKeyError):
-        load_pseudonym_key(None, tmp_path / "missing.key")
-    with pytest.raises(PseudonymKeyError):
-        load_pseudonym_key(None, None)
 
 
 # ------------------------------------------------------------------ identifiers
