@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,15 @@ def ledger_head(summary: LedgerSummary,
                 shown_stamps: Sequence[LedgerStamp] = ()) -> LedgerStamp | None:
     """The ledger's head entry as a stamp (``ledger_id``, ``seq``, ``entry_hash``).
 
-    Uses ``summary.head`` when the summary carries that field (None: an empty ledger, no
-    head to publish); otherwise the head is entry ``n_releases`` with ``head_hash``, and the
+    Uses ``summary.head`` when the summary carries one; an empty ledger has no head to
+    publish (None). Otherwise the head is entry ``n_releases`` with ``head_hash``, and the
     ledger id is the summary's or the stamps'.
     """
-    if hasattr(summary, "head"):
-        head = summary.head
-        return head if isinstance(head, LedgerStamp) else None
+    head = getattr(summary, "head", None)
+    if isinstance(head, LedgerStamp):
+        return head
+    if summary.n_releases == 0:
+        return None
     lid = _summary_ledger_id(summary) or next((s.ledger_id for s in shown_stamps if s.ledger_id), "")
     return LedgerStamp(lid, int(summary.n_releases), str(summary.head_hash))
 
@@ -253,8 +256,30 @@ def _plain(x: float) -> str:
 
 
 def unit_word(fig: DPFigure) -> str:
-    """The unit of a figure in words (``points`` from ``points, 0-100``)."""
-    return (fig.units.split(",")[0].strip() or "points") if fig.units else "points"
+    """The unit of a figure in one word: ``points`` from ``points on the 0–100 scale``.
+
+    Examples
+    --------
+    >>> unit_word(DPFigure("e", "effect", "a.b", "A", "B", "points on the 0–10 scale", 0, 10,
+    ...                    "primary", None, 4, 1.0, 0.1, 0.5, "withheld"))
+    'points'
+    """
+    m = re.match(r"[^\s,;(]+", fig.units.strip()) if fig.units else None
+    return m.group(0) if m else "points"
+
+
+def important_difference(fig: DPFigure) -> float:
+    """The smallest difference that matters (MID) of a figure's outcome, in outcome units.
+
+    A figure that carries its MID (``mid`` / ``minimal_important_difference``) gives it;
+    otherwise its usefulness ``threshold`` stands in, which is the MID unless the plan
+    declared a stricter threshold for the figure.
+    """
+    for name in ("mid", "minimal_important_difference"):
+        value = getattr(fig, name, None)
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return float(fig.threshold)
 
 
 def _range_text(fig: DPFigure) -> str:
@@ -334,10 +359,10 @@ def describe_effect(fig: DPFigure, release: DPRelease) -> str:
 def describe_threshold(fig: DPFigure) -> str:
     """How an effect's interval compares with the smallest difference that matters (MID)."""
     row = _effect_row(fig)
-    if row is None or not fig.threshold > 0:
+    if row is None or not important_difference(fig) > 0:
         return ""
     u = unit_word(fig)
-    t, lo, hi = float(fig.threshold), float(row["ci_low"]), float(row["ci_high"])
+    t, lo, hi = important_difference(fig), float(row["ci_low"]), float(row["ci_high"])
     mid = f"{_plain(t)} {u}"
     lead = f"The smallest difference that matters on this scale is {mid}"
     if lo >= t:
@@ -375,7 +400,7 @@ def nice_axis(lo: float, hi: float, target: int = 5) -> tuple[float, float, list
     if not hi > lo:
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo, target)
+    step = float(_nice_step(hi - lo, target))
     a, b = math.floor(lo / step) * step, math.ceil(hi / step) * step
     n = round((b - a) / step)
     return float(a), float(b), [round(a + i * step, 10) for i in range(n + 1)]
@@ -476,8 +501,9 @@ def _profile(release: DPRelease) -> str:
     ratios: list[float] = [-1.5, 1.5]
     for f in figs:
         row = _effect_row(f)
-        if row is not None and f.threshold > 0:
-            ratios += [float(row["ci_low"]) / f.threshold, float(row["ci_high"]) / f.threshold]
+        if row is not None and important_difference(f) > 0:
+            t = important_difference(f)
+            ratios += [float(row["ci_low"]) / t, float(row["ci_high"]) / t]
     lo, hi, ticks = nice_axis(min(ratios), max(ratios), target=6)
     rows = []
     for f in figs:
@@ -487,7 +513,7 @@ def _profile(release: DPRelease) -> str:
         label = (f'<div class="label"><strong>{html.escape(_short_label(f))}</strong>'
                  f"<small>{sub}</small></div>")
         fid = html.escape(f.id, quote=True)
-        if row is None or not f.threshold > 0:
+        if row is None or not important_difference(f) > 0:
             reason = html.escape(f.reason or "")
             text = WITHHELD_TEXT if not f.released else "not estimable from the released data"
             rows.append(
@@ -496,7 +522,7 @@ def _profile(release: DPRelease) -> str:
                 f'<div class="value withheld" title="{reason}">{text}</div></div>'
             )
             continue
-        d, t = _decimals(f), float(f.threshold)
+        d, t = _decimals(f), important_difference(f)
         est, a, b = float(row["estimate"]), float(row["ci_low"]), float(row["ci_high"])
         colour = "#0072B2" if a > 0 else ("#D55E00" if b < 0 else "#555555")
         strip = _profile_strip(lo, hi, est / t, (a / t, b / t), colour)

@@ -125,6 +125,28 @@ def test_only_verifying_releases_are_loaded(public_folder: dict) -> None:
                       "remaining": public_folder["summary"].remaining, "n_releases": 2}
 
 
+def test_real_ledger_verifies_stored_files(tmp_path: Path) -> None:
+    """With the real PrivacyLedger, a charged file loads and an edited copy is rejected."""
+    from test_report import make_release
+
+    from privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite", 3.0, secret=b"k" * 32,
+                           key_fingerprint="0123456789abcdef")
+    rel = make_release((7.1, 2.0, 12.2), tag="new")
+    out = ledger.charge_and_record(rel.release_id, rel.kind, rel.data_version, rel.epsilon,
+                                   rel.to_json)
+    stored = StoredRelease(rel, ledger.stamp_of(out.entry))
+    folder = tmp_path / "out" / "releases"
+    folder.mkdir(parents=True)
+    (folder / "good.json").write_text(stored.to_json())
+    (folder / "edited.json").write_text(StoredRelease(replace(rel, epsilon=0.01), stored.stamp).to_json())
+    view = load_public_releases(SimpleNamespace(output_path=tmp_path / "out"), ledger=ledger)
+    assert [s.stamp for s in view.releases] == [stored.stamp]
+    assert [Path(f).name for f, _ in view.rejected] == ["edited.json"]
+    assert view.summary is not None and view.summary.spent == pytest.approx(rel.epsilon)
+
+
 def test_figure_table_never_shows_a_withheld_value(public_folder: dict) -> None:
     rel = public_folder["stored"][1].release
     table = compute_figure_table(rel)

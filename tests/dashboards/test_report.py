@@ -11,7 +11,7 @@ import html
 import os
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from dashboards.report import (
     PlanStatusNote,
     describe_effect,
     describe_threshold,
+    important_difference,
     render_public_report,
 )
 from privacy.ledger import LedgerSummary
@@ -55,7 +56,7 @@ PRIVACY = {"definition": "pure epsilon-differential privacy", "unit": "one parti
 def _effect(outcome: str, inst: str, scale: str, lo: float, hi: float, mid: float, role: str,
             values: tuple[float, float, float] | None, eps: float = 0.1) -> DPFigure:
     base = dict(id=f"effect:{outcome}@4", kind="effect", outcome=outcome, instrument_title=inst,
-                scale_title=scale, units=f"points, {lo:g}-{hi:g}", lo=lo, hi=hi, role=role,
+                scale_title=scale, units=f"points on the {lo:g}\u2013{hi:g} scale", lo=lo, hi=hi, role=role,
                 hypothesis=None, wave=4, threshold=mid, planned_margin=mid * 0.6)
     if values is None:
         return DPFigure(**base, epsilon=0.0, status="withheld",
@@ -75,7 +76,7 @@ def _means(shift: float = 0.0) -> DPFigure:
                          "margin": 1.4 + 0.1 * w, "n": 300 - 12 * w})
     return DPFigure(id="means:who5.total", kind="means", outcome="who5.total",
                     instrument_title="WHO-5 Well-Being Index", scale_title="WHO-5 percentage score",
-                    units="points, 0-100", lo=0, hi=100, role="descriptive", hypothesis=None,
+                    units="points on the 0\u2013100 scale", lo=0, hi=100, role="descriptive", hypothesis=None,
                     wave=None, threshold=10.0, epsilon=0.2, planned_margin=1.5, status="released",
                     values=tuple(rows))
 
@@ -110,9 +111,10 @@ def make_ledger(releases: list[DPRelease], budget: float = 3.0) -> tuple[list[St
     spent = sum(r.epsilon for r in releases)
     summary = LedgerSummary(
         budget=budget, spent=spent, remaining=budget - spent, n_releases=len(releases),
-        head_hash=prev, verified=True,
+        head_hash=prev if releases else "", verified=True,
         releases=tuple({"release_id": r.release_id, "kind": r.kind, "epsilon": r.epsilon,
                         "created_at": r.created_at} for r in releases),
+        ledger_id=LEDGER_ID, head=stored[-1].stamp if stored else None,
     )
     return stored, summary
 
@@ -219,6 +221,25 @@ def test_threshold_sentence(values: tuple[float, float, float], phrase: str) -> 
     assert phrase in describe_threshold(rel.figure("effect:who5.total@4"))
 
 
+def test_mid_carried_by_the_figure_wins_over_the_threshold() -> None:
+    @dataclass(frozen=True)
+    class WithMid(DPFigure):
+        mid: float = 0.0
+
+    rel = make_release((7.1, 2.0, 12.2), tag="x")
+    fig = rel.figure("effect:who5.total@4")
+    stricter = WithMid(**{**fig.__dict__, "threshold": 5.0}, mid=10.0)
+    assert important_difference(stricter) == 10.0
+    assert "matters on this scale is 10 points" in describe_threshold(stricter)
+    assert important_difference(replace(fig, threshold=5.0)) == 5.0
+
+
+def test_empty_ledger_publishes_no_head(tmp_path: Path) -> None:
+    _, summary = make_ledger([])
+    text = render_public_report([], summary, tmp_path).read_text()
+    assert f'<meta name="{HEAD_META}" content="">' in text
+
+
 def test_withheld_primary_has_no_number(tmp_path: Path) -> None:
     rel = make_release(None, tag="w")
     stored, summary = make_ledger([rel])
@@ -303,20 +324,12 @@ def test_meta_carries_the_ledger_head(suite: dict) -> None:
     assert head.entry_hash == suite["summary"].head_hash
 
 
-def test_summary_head_and_ledger_id_are_used_when_present(tmp_path: Path) -> None:
+def test_head_without_summary_head_falls_back_to_the_chain(tmp_path: Path) -> None:
     stored, summary = make_ledger([make_release((7.1, 2.0, 12.2), tag="n")])
-
-    class Extended(LedgerSummary):  # the fields another engineer is adding
-        pass
-
-    ext = Extended(**{k: getattr(summary, k) for k in summary.__dataclass_fields__})
-    object.__setattr__(ext, "ledger_id", LEDGER_ID)
-    object.__setattr__(ext, "head", stored[0].stamp)
-    text = render_public_report(stored, ext, tmp_path).read_text()
+    text = render_public_report(stored, replace(summary, head=None), tmp_path).read_text()
     assert f'content="{LEDGER_ID}:1:{stored[0].stamp.entry_hash}"' in text
-    object.__setattr__(ext, "ledger_id", "b2" * 32)
     with pytest.raises(ValueError, match="another ledger"):
-        render_public_report(stored, ext, tmp_path)
+        render_public_report(stored, replace(summary, ledger_id="b2" * 32), tmp_path)
 
 
 def test_no_table_longer_than_a_screen(suite: dict) -> None:
@@ -342,6 +355,30 @@ def test_failed_ledger_check_is_shown(tmp_path: Path) -> None:
     stored, summary = make_ledger([make_release((7.1, 2.0, 12.2), tag="n")])
     text = render_public_report(stored, replace(summary, verified=False), tmp_path).read_text()
     assert "failed its integrity check" in text
+
+
+def test_real_ledger_round_trip(tmp_path: Path) -> None:
+    """Releases charged in a real PrivacyLedger render, and the page's head is the ledger's."""
+    from privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite", 3.0, secret=b"k" * 32,
+                           key_fingerprint="0123456789abcdef", anchor_path=tmp_path / "a.json")
+    stored = []
+    for rel in (make_release((2.0, -3.0, 7.0), tag="old"), make_release((7.1, 2.0, 12.2), tag="new")):
+        out = ledger.charge_and_record(rel.release_id, rel.kind, rel.data_version, rel.epsilon,
+                                       rel.to_json)
+        stored.append(StoredRelease(rel, ledger.stamp_of(out.entry)))
+    summary = ledger.summary()
+    text = render_public_report(stored, summary, tmp_path / "out").read_text()
+    head = summary.head
+    assert head is not None and head == stored[-1].stamp
+    m = re.search(r'<meta name="flourish-ledger-head" content="([0-9a-f]+):(\d+):([0-9a-f]+)"', text)
+    assert m and LedgerStamp(m.group(1), int(m.group(2)), m.group(3)) == head
+    assert "scored 7.1 points higher" in html.unescape(text)
+    other = PrivacyLedger(tmp_path / "other.sqlite", 3.0, secret=b"j" * 32,
+                          key_fingerprint="0123456789abcdef")
+    with pytest.raises(ValueError, match="not in the ledger"):
+        render_public_report(stored, other.summary(), tmp_path / "out2")
 
 
 # ----------------------------------------------------------------------------- refusals
