@@ -102,26 +102,37 @@ def build_public_table(
     ).row(0, named=True)
     dropped = {k: int(v) for k, v in counts.items()}
     dropped["participants_in_undeclared_arms"] = p.height - declared.height
-    lo = pl.col("outcome").replace_strict({k: v[0] for k, v in bounds.items()}, default=None,
-                                          return_dtype=pl.Float64)
-    hi = pl.col("outcome").replace_strict({k: v[1] for k, v in bounds.items()}, default=None,
-                                          return_dtype=pl.Float64)
-    long = (
-        s.filter(is_outcome & in_wave & in_arm & pl.col("score").is_not_null()
-                 & pl.col("score").is_not_nan())
-        .with_columns(((pl.col("score") - lo) / (hi - lo)).clip(0.0, 1.0).alias("x"),
-                      pl.format("x|{}|{}", "outcome", "wave").alias("column"))
-        .unique(subset=[id_column, "column"], keep="first")  # one value per cell, always
+    # dense scatter: participant index x (outcome, wave) cell -> value in [0, 1]
+    outcomes = list(decl.outcomes)
+    cell_of = {(o, w): k for k, (o, w) in enumerate((o, w) for o in outcomes for w in waves)}
+    rows = declared.with_row_index("_row").select(id_column, "_row", "arm")
+    lo_of = {o: bounds[o][0] for o in outcomes}
+    span_of = {o: bounds[o][1] - bounds[o][0] for o in outcomes}
+    cells = pl.DataFrame(
+        {"outcome": [o for o, _ in cell_of], "wave": [w for _, w in cell_of],
+         "_cell": list(cell_of.values()), "_lo": [lo_of[o] for o, _ in cell_of],
+         "_span": [span_of[o] for o, _ in cell_of]},
+        schema={"outcome": pl.String, "wave": pl.Int64, "_cell": pl.Int64, "_lo": pl.Float64,
+                "_span": pl.Float64},
     )
-    columns = [value_column(o, w) for o in decl.outcomes for w in waves]
-    wide = long.pivot(on="column", index=id_column, values="x", aggregate_function="first")
-    for c in columns:
-        if c not in wide.columns:
-            wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
+    long = (
+        s.filter(pl.col("score").is_not_null() & pl.col("score").is_not_nan())
+        .join(cells, on=["outcome", "wave"], how="inner")
+        .join(rows.select(id_column, "_row"), on=id_column, how="inner")
+        .select("_row", "_cell",
+                ((pl.col("score") - pl.col("_lo")) / pl.col("_span")).clip(0.0, 1.0).alias("x"))
+    )
+    mat = np.full((declared.height, len(cell_of)), np.nan)
+    r = long["_row"].to_numpy()
+    c = long["_cell"].to_numpy()
+    # one value per cell, always (a repeated score row keeps its first value)
+    order = np.arange(len(r))[::-1]
+    mat[r[order], c[order]] = long["x"].to_numpy()[order]
+    columns = [value_column(o, w) for (o, w) in cell_of]
     frame = (
-        declared.join(wide, on=id_column, how="left")
-        .select(pl.col("arm").replace_strict(arms, return_dtype=pl.Int32), *columns)
-        .with_columns(pl.col(c).cast(pl.Float64) for c in columns)
+        pl.DataFrame({"arm": rows["arm"].replace_strict(arms, return_dtype=pl.Int32),
+                      **{name: mat[:, k] for k, name in enumerate(columns)}})
+        .fill_nan(None)
         .sort(["arm", *columns], nulls_last=True)  # canonical order: ids are not in the table
     )
     return PublicTable(frame=frame, data_version=compute_data_version(frame), dropped=dropped)
