@@ -18,6 +18,7 @@ head is also given in ``<meta name="flourish-ledger-head">`` for tooling.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import re
@@ -40,6 +41,8 @@ ARM_STYLE = {
     "treatment": {"colour": "#0072B2", "dash": "", "marker": "circle"},
     "control": {"colour": "#D55E00", "dash": "6 4", "marker": "square"},
 }
+# Profile dots: Okabe-Ito bluish green / reddish purple / grey, none of them an arm's colour.
+_HIGHER, _LOWER, _UNCLEAR = "#009E73", "#CC79A7", "#555555"
 _OTHER_ARM_COLOURS = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 _EPS_TOL = 1e-9
 _MINUS = "\u2212"
@@ -298,7 +301,8 @@ def outcome_name(fig: DPFigure) -> str:
     return f"\u201c{fig.scale_title}\u201d ({fig.instrument_title}, {_range_text(fig)})"
 
 
-def _short_label(fig: DPFigure) -> str:
+def short_label(fig: DPFigure) -> str:
+    """The outcome's short name: the instrument for a total score, else the subscale."""
     scale_id = fig.outcome.split(".", 1)[-1]
     return fig.instrument_title if scale_id == "total" or not fig.scale_title else fig.scale_title
 
@@ -471,9 +475,9 @@ def _profile_intro(release: DPRelease, effects: Sequence[DPFigure]) -> str:
         f"{_conf(release)} interval. The outcomes use different scales, so each is drawn "
         "relative to its own <em>smallest difference that matters</em> (1\u00d7); the numbers on "
         "the right are in the scale's own points.</p>"
-        '<p class="key"><span><i style="background:#0072B2"></i>clearly higher with the treatment'
-        '</span><span><i style="background:#D55E00"></i>clearly lower with the treatment</span>'
-        '<span><i style="background:#555555"></i>no clear difference</span>'
+        f'<p class="key"><span><i style="background:{_HIGHER}"></i>clearly higher with the treatment'
+        f'</span><span><i style="background:{_LOWER}"></i>clearly lower with the treatment</span>'
+        f'<span><i style="background:{_UNCLEAR}"></i>no clear difference</span>'
         '<span><i class="band"></i>smaller than the smallest difference that matters</span></p>'
     )
 
@@ -510,7 +514,7 @@ def _profile(release: DPRelease) -> str:
         row = _effect_row(f)
         note = _ROLE_NOTE.get(f.role, "")
         sub = f"{html.escape(f.instrument_title)}, {_range_text(f)}" + (f" \u00b7 {note}" if note else "")
-        label = (f'<div class="label"><strong>{html.escape(_short_label(f))}</strong>'
+        label = (f'<div class="label"><strong>{html.escape(short_label(f))}</strong>'
                  f"<small>{sub}</small></div>")
         fid = html.escape(f.id, quote=True)
         if row is None or not important_difference(f) > 0:
@@ -524,7 +528,7 @@ def _profile(release: DPRelease) -> str:
             continue
         d, t = _decimals(f), important_difference(f)
         est, a, b = float(row["estimate"]), float(row["ci_low"]), float(row["ci_high"])
-        colour = "#0072B2" if a > 0 else ("#D55E00" if b < 0 else "#555555")
+        colour = _HIGHER if a > 0 else (_LOWER if b < 0 else _UNCLEAR)
         strip = _profile_strip(lo, hi, est / t, (a / t, b / t), colour)
         value = (f"<span><strong>{format_number(est, d, signed=True)}</strong> {unit_word(f)} "
                  f"<span class=\"note\">({format_number(a, d)} to {format_number(b, d)})</span>"
@@ -589,8 +593,8 @@ def render_trajectory_svg(fig: DPFigure, release: DPRelease) -> str:
         return top + (y1 - v) / (y1 - y0) * (h - top - bottom)
 
     d = _decimals(fig)
-    ylabel = f"{_short_label(fig)} ({unit_word(fig)}, {_range_text(fig)})"
-    title = f"Average {_short_label(fig)} score by group at each survey wave"
+    ylabel = f"{short_label(fig)} ({unit_word(fig)}, {_range_text(fig)})"
+    title = f"Average {short_label(fig)} score by group at each survey wave"
     out = [f'<svg width="100%" viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}" '
            f'style="max-width:{w}px">']
     for t in yticks:
@@ -656,6 +660,29 @@ def render_trajectory_svg(fig: DPFigure, release: DPRelease) -> str:
             f"{table}")
 
 
+_SVG = re.compile(r"<svg\b(.*?)>(.*?)</svg>", re.S)
+
+
+def svg_as_images(fragment: str) -> str:
+    """Replace each inline ``<svg>`` of an HTML fragment by an ``<img>`` with a data URI.
+
+    For hosts that sanitise inline SVG away (Streamlit's ``st.html``); the public report
+    itself keeps inline SVG. Each image keeps the SVG's size and its ``aria-label``.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        attrs, body = m.group(1), m.group(2)
+        doc = f'<svg xmlns="http://www.w3.org/2000/svg"{attrs}>{body}</svg>'
+        uri = "data:image/svg+xml;base64," + base64.b64encode(doc.encode("utf-8")).decode("ascii")
+        label = re.search(r'aria-label="([^"]*)"', attrs)
+        size = "".join(f' {k}="{v}"' for k, v in re.findall(r'\b(width|height)="([^"]*)"', attrs))
+        style = re.search(r'style="([^"]*)"', attrs)
+        return (f'<img src="{uri}" alt="{label.group(1) if label else ""}"{size}'
+                + (f' style="{style.group(1)}"' if style else "") + ">")
+
+    return _SVG.sub(one, fragment)
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -700,7 +727,7 @@ def _declared(release: DPRelease) -> str:
     for f in release.figures:
         outcomes.setdefault(f.outcome, f)
     items = ", ".join(
-        f"{html.escape(_short_label(f))}"
+        f"{html.escape(short_label(f))}"
         + (f" ({html.escape(f.role)})" if f.role in ("primary", "guardrail") else "")
         for f in outcomes.values()
     )
@@ -802,13 +829,13 @@ def _page(shown: list[_Shown], summary: LedgerSummary, plan: PlanStatusNote | No
                   render_profile_html(rel), "</section>"]
     for f in means:
         fid = html.escape(f.id, quote=True)
-        parts.append(f"<section class='trajectory'><h2>Average {html.escape(_short_label(f))} "
+        parts.append(f"<section class='trajectory'><h2>Average {html.escape(short_label(f))} "
                      "score over time</h2>")
         if f.released:
             parts.append(f'<figure data-figure-id="{fid}">{render_trajectory_svg(f, rel)}</figure>')
         else:
             parts.append(f'<p class="withheld" data-figure-id="{fid}" data-status="withheld">'
-                         f"{html.escape(_short_label(f))} averages: {WITHHELD_TEXT}.</p>")
+                         f"{html.escape(short_label(f))} averages: {WITHHELD_TEXT}.</p>")
         parts.append("</section>")
     parts += ["<section id='how'><h2>How this was made</h2>",
               _how_made(newest, summary, head, plan, older), "</section>",

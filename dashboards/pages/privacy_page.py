@@ -32,7 +32,7 @@ if view.summary is not None:
     head = ledger_head(view.summary, [s.stamp for s in view.releases])
     if head is not None:
         st.markdown("Ledger head (published in the report's `flourish-ledger-head` meta tag):")
-        st.code(f"{head.ledger_id}:{head.seq}:{head.entry_hash}", language=None)
+        st.code(f"{head.ledger_id}:{head.seq}:{head.entry_hash}", language=None, wrap_lines=True)
     if view.summary.verified:
         st.success("The ledger's hash chain verifies.")
 st.caption("The ledger (beside study.toml) is authoritative: `flourish ledger STUDY.toml`.")

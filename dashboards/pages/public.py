@@ -13,6 +13,8 @@ from dashboards.report import (
     primary_effect,
     render_profile_html,
     render_trajectory_svg,
+    short_label,
+    svg_as_images,
 )
 
 outputs = st.session_state["outputs"]
@@ -57,13 +59,14 @@ if fig is not None:
 
 st.html(f"<style>{fragment_css()}</style>")
 st.subheader("Result on each part of wellbeing")
-st.html(f'<div class="flourish-public">{render_profile_html(rel)}</div>')
+st.html(f'<div class="flourish-public">{svg_as_images(render_profile_html(rel))}</div>')
 
 for means in (f for f in rel.figures if f.kind == "means"):
-    st.subheader(f"Average {means.scale_title or means.outcome} over time")
+    st.subheader(f"Average {short_label(means)} score over time")
     if means.released:
+        svg = svg_as_images(render_trajectory_svg(means, rel))
         st.html(f'<div class="flourish-public"><figure data-figure-id="{html.escape(means.id)}">'
-                f"{render_trajectory_svg(means, rel)}</figure></div>")
+                f"{svg}</figure></div>")
     else:
         st.markdown(f"_{WITHHELD_TEXT}_")
 

@@ -381,6 +381,13 @@ def test_real_ledger_round_trip(tmp_path: Path) -> None:
         render_public_report(stored, other.summary(), tmp_path / "out2")
 
 
+def test_svg_as_images_for_sanitising_hosts(suite: dict) -> None:
+    fig = suite["new"].figure("means:who5.total")
+    fragment = report_mod.svg_as_images(report_mod.render_trajectory_svg(fig, suite["new"]))
+    assert "<svg" not in fragment and fragment.count('<img src="data:image/svg+xml;base64,') == 3
+    assert 'alt="Average WHO-5 Well-Being Index score by group at each survey wave"' in fragment
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
