@@ -98,7 +98,7 @@ def declare_public(plan: object, library: object, *, study_name: str, budget: fl
             scale_title=scale_title, units=f"points on the {lo:g}–{hi:g} scale", lo=float(lo),
             hi=float(hi), role=role, hypothesis=hyp.id if hyp is not None else None, wave=wave,
             threshold=threshold, tier=tier,
-            weight=pub.split.get(fid) if isinstance(pub.split, dict) else None,
+            weight=pub.split.get(fid) if isinstance(pub.split, dict) else None, mid=mid,
         )
 
     figures += [spec_of("effect", o) for o in effect_outcomes]
@@ -205,7 +205,8 @@ class ReleaseOutcome:
         lines = [
             f"release {self.release.release_id[:16]} ({self.status}): {len(shown)} figures "
             f"released, {len(held)} withheld; ε spent now {self.spent_now:.4g}",
-            f"budget: {self.spent:.4g} of {self.budget:.4g} spent, {self.remaining:.4g} left",
+            f"budget: {self.spent:.4g} of {self.budget:.4g} spent, "
+            f"{0.0 if self.remaining < 1e-9 else self.remaining:.4g} left",
         ]
         for f in held:
             lines.append(f"  withheld {f.id}: {f.reason}")
@@ -222,7 +223,8 @@ def format_plan(plan: ReleasePlan, *, remaining: float | None = None) -> str:
     d = plan.declaration
     lines = [
         f"dry run: nothing spent. Suite ε = {plan.epsilon:.4g} (declared {d.epsilon:g}), "
-        f"privacy unit: one participant; expected n per arm {', '.join(f'{a} {n:g}' for a, n in d.expected_n.items())}, "
+        "privacy unit: one participant; expected n per arm "
+        f"{', '.join(f'{a} {n:g}' for a, n in d.expected_n.items())}, "
         f"retention at wave {d.waves[-1]}: {d.expected_retention:g}",
     ]
     if remaining is not None:
@@ -262,7 +264,7 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
         or an unsealed plan; nothing was released.
     """
     from orchestration.keys import open_study_ledger
-    from privacy.ledger import BudgetExceededError, LedgerIntegrityError
+    from privacy.ledger import BudgetExceededError, LedgerIntegrityError, LedgerMissingError
     from privacy.release import release_public
     from privacy.table import build_public_table
 
@@ -273,7 +275,18 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
     participants = pl.read_parquet(out / "participants.parquet", columns=["participant_id", "arm"])
     table = build_public_table(scores, participants, decl)
     anchors = collect_anchors(out)
-    ledger = open_study_ledger(study.spec, create=True)
+    published = bool(anchors) or study.spec.ledger_anchor_path.exists()
+    try:
+        # a ledger is created only for a study that has never published: a missing ledger
+        # after a release is a deletion or a move, never a fresh budget
+        ledger = open_study_ledger(study.spec, create=not published)
+    except LedgerMissingError:
+        where = ", ".join(sorted({a for a, _ in anchors})) or str(study.spec.ledger_anchor_path)
+        raise ReleaseRefused(
+            f"the privacy ledger {study.spec.ledger_path} is missing, but releases were "
+            f"published under a ledger ({where}); it was deleted or moved, so nothing was "
+            "released. Recovery: restore it (and ledger.key) from backup (README, 'Recovering "
+            "a refused ledger'); a lost ledger cannot be recreated.") from None
     try:
         result = release_public(declaration=decl, table=table, ledger=ledger, anchors=anchors)
     except BudgetExceededError as exc:
@@ -357,9 +370,10 @@ def format_ledger(spec_path: Path) -> tuple[str, bool]:
                 f"{study.spec.privacy.epsilon:g}, nothing spent"), True
     check = ledger.verify(anchors)
     summary = ledger.summary()
+    left = 0.0 if summary.remaining < 1e-9 else summary.remaining
     lines = [f"ledger {study.spec.ledger_path}",
              f"budget ε = {summary.budget:.4g}; spent {summary.spent:.4g}; "
-             f"left {summary.remaining:.4g}; {summary.n_releases} release suites",
+             f"left {left:.4g}; {summary.n_releases} release suites",
              "verification: " + ("ok (keyed chain intact; extends every published head)"
                                  if check.ok else "FAILED")]
     lines += [f"  - {p}" for p in check.problems]

@@ -71,6 +71,8 @@ class FigureSpec:
     threshold: float
     tier: int
     weight: float | None = None
+    mid: float | None = None
+    """The minimal important difference (outcome units), when the plan or instrument has one."""
 
     @property
     def width(self) -> float:
@@ -83,6 +85,7 @@ class FigureSpec:
             "id": self.id, "kind": self.kind, "outcome": self.outcome, "lo": self.lo,
             "hi": self.hi, "role": self.role, "hypothesis": self.hypothesis, "wave": self.wave,
             "threshold": self.threshold, "tier": self.tier, "weight": self.weight,
+            "mid": self.mid,
         }
 
 
@@ -253,6 +256,7 @@ class EffectKind:
 
     def columns(self, fig: FigureSpec, decl: PublicDeclaration, x: Mapping[int, pl.Expr]
                 ) -> dict[str, pl.Expr]:
+        """Integer input columns (see :class:`FigureKindImpl`)."""
         q, c = FIXED_POINT_Q, decl.change_bound
         assert fig.wave is not None
         both = x[decl.baseline].is_not_null() & x[fig.wave].is_not_null()
@@ -264,6 +268,7 @@ class EffectKind:
         }
 
     def aggregates(self, fig: FigureSpec, decl: PublicDeclaration) -> list[Aggregate]:
+        """The DP sums per arm (see :class:`FigureKindImpl`)."""
         q, c = FIXED_POINT_Q, decl.change_bound
         return [
             Aggregate("n", _col(fig, "n"), 0, 1, self.shares["n"]),
@@ -272,6 +277,7 @@ class EffectKind:
         ]
 
     def planned_margin(self, fig: FigureSpec, decl: PublicDeclaration, epsilon: float) -> float:
+        """Expected 95 % noise margin before data (see :class:`FigureKindImpl`)."""
         # sum and count noise of both arms' mean change; the count noise enters multiplied
         # by the mean change, planned at EFFECT_PLANNING_CHANGE of the range
         b_sum = decl.change_bound / (self.shares["s"] * epsilon)  # range units
@@ -285,6 +291,7 @@ class EffectKind:
 
     def values(self, fig: FigureSpec, decl: PublicDeclaration, noisy: pl.DataFrame,
                scales: Mapping[str, float]) -> list[dict[str, Any]]:
+        """Released values from the noisy sums (see :class:`FigureKindImpl`)."""
         q = float(FIXED_POINT_Q)
         c_row, t_row = _arm_rows(noisy)
         n_c, n_t = float(c_row.get("n") or 0), float(t_row.get("n") or 0)
@@ -336,6 +343,7 @@ class MeansKind:
 
     def columns(self, fig: FigureSpec, decl: PublicDeclaration, x: Mapping[int, pl.Expr]
                 ) -> dict[str, pl.Expr]:
+        """Integer input columns (see :class:`FigureKindImpl`)."""
         q = FIXED_POINT_Q
         out: dict[str, pl.Expr] = {}
         for w in decl.waves:
@@ -344,6 +352,7 @@ class MeansKind:
         return out
 
     def aggregates(self, fig: FigureSpec, decl: PublicDeclaration) -> list[Aggregate]:
+        """The DP sums per arm (see :class:`FigureKindImpl`)."""
         h = FIXED_POINT_Q // 2
         out = []
         for w, share in self._wave_shares(fig, decl).items():
@@ -352,6 +361,7 @@ class MeansKind:
         return out
 
     def planned_margin(self, fig: FigureSpec, decl: PublicDeclaration, epsilon: float) -> float:
+        """Expected 95 % noise margin before data (see :class:`FigureKindImpl`)."""
         worst = 0.0
         for w, share in self._wave_shares(fig, decl).items():
             b_s = 0.5 / (share * self.s_share * epsilon)
@@ -365,6 +375,7 @@ class MeansKind:
 
     def values(self, fig: FigureSpec, decl: PublicDeclaration, noisy: pl.DataFrame,
                scales: Mapping[str, float]) -> list[dict[str, Any]]:
+        """Released values from the noisy sums (see :class:`FigureKindImpl`)."""
         q = float(FIXED_POINT_Q)
         rows = []
         arm_rows = _arm_rows(noisy)

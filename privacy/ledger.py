@@ -65,7 +65,7 @@ class BudgetExceededError(RuntimeError):
         self.requested = requested
         self.spent = spent
         self.budget = budget
-        self.remaining = max(budget - spent, 0.0)
+        self.remaining = _left(budget, spent)
         super().__init__(
             f"release {release_id[:12]} needs epsilon={requested:.6g} but only "
             f"{self.remaining:.6g} of the study's budget {budget:.6g} remains "
@@ -709,7 +709,7 @@ class PrivacyLedger:
         return LedgerSummary(
             budget=self.budget,
             spent=check.spent,
-            remaining=max(self.budget - check.spent, 0.0),
+            remaining=_left(self.budget, check.spent),
             n_releases=check.n_entries,
             head_hash=check.head_hash,
             verified=check.ok,
@@ -727,3 +727,9 @@ def _now() -> str:
 def payload_json(obj: object) -> str:
     """Canonical JSON (sorted keys, no spaces) used for ledger payloads."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _left(budget: float, spent: float) -> float:
+    """Budget left, with float residue of summed ε (below ``EPS_SLACK``) shown as 0."""
+    left = budget - spent
+    return 0.0 if left < EPS_SLACK else left

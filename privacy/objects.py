@@ -100,6 +100,9 @@ class DPFigure:
         noise_margin, n_treatment, n_control, mean_change_treatment, mean_change_control``.
         Means: ``arm, wave, mean, margin, n`` (margin: 95 % bound of the DP noise on the
         mean, covering the exact mean of the data).
+    mid
+        The outcome's minimal important difference (outcome units), when declared; the
+        report compares effects with it (the usefulness threshold may be stricter).
     """
 
     id: str
@@ -119,6 +122,7 @@ class DPFigure:
     status: FigureStatus
     reason: str = ""
     values: tuple[dict[str, Any], ...] = ()
+    mid: float | None = None
 
     @property
     def released(self) -> bool:
@@ -140,6 +144,7 @@ class DPFigure:
             "hypothesis": self.hypothesis, "wave": self.wave, "threshold": self.threshold,
             "epsilon": self.epsilon, "planned_margin": self.planned_margin,
             "status": self.status, "reason": self.reason, "values": [dict(v) for v in self.values],
+            "mid": self.mid,
         }
 
     @classmethod

@@ -149,7 +149,7 @@ class CompiledSuite:
                 id=s.id, kind=s.kind, outcome=s.outcome, instrument_title=s.instrument_title,
                 scale_title=s.scale_title, units=s.units, lo=s.lo, hi=s.hi, role=s.role,
                 hypothesis=s.hypothesis, wave=s.wave, threshold=s.threshold,
-                planned_margin=pf.planned_margin,
+                planned_margin=pf.planned_margin, mid=s.mid,
             )
             q = by_id.get(s.id)
             if q is None:

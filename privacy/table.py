@@ -31,10 +31,11 @@ def value_column(outcome: str, wave: int) -> str:
 
 @dataclass(frozen=True)
 class PublicTable:
-    """One row per participant of a declared arm: ``arm`` (0 control, 1 treatment) and
-    ``x|outcome|wave`` (score scaled to [0, 1] by the instrument's range, null if none).
+    """One row per participant of a declared arm, with its value columns.
 
-    ``dropped`` counts what the declarations kept out (internal; never published).
+    ``arm`` is 0 (control) or 1 (treatment); ``x|outcome|wave`` is the score scaled to
+    [0, 1] by the instrument's range (null if none). ``dropped`` counts what the
+    declarations kept out (internal; never published).
     """
 
     frame: pl.DataFrame
@@ -64,6 +65,8 @@ def build_public_table(
         ``participant_id, arm``.
     decl
         The sealed public declaration (arms, waves, outcomes and their ranges).
+    id_column
+        The participant id column of both tables (never part of the output).
 
     Examples
     --------

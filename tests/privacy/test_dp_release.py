@@ -266,6 +266,7 @@ def _population_effect(effect: float, rng: np.random.Generator, n: int = 4_000_0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_published_intervals_cover_what_they_claim() -> None:
     """≥ 2,000 releases through OpenDP: each published interval covers at 95 % ± 1.5 %.
 
