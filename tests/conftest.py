@@ -9,6 +9,12 @@ import pytest
 
 DEMO_PARTICIPANTS = 400
 
+#: The shared reference data (R/lme4/psych outputs), found relative to the repository root:
+#: a clone placed anywhere works with the shared folder beside it as ``../shared``.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+SHARED_DATA = SHARED_DIR / "data"
+
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -28,6 +34,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "truth": json.loads(Path(demo.truth_path).read_text()),
         "outcome": outcome,
     }
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared reference data folder (``../shared/data`` beside the repository)."""
+    return SHARED_DATA
 
 
 @pytest.fixture(autouse=True)

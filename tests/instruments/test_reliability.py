@@ -1,6 +1,6 @@
 """Reliability: parity with R psych 2.2.9 on psych::bfi, closed forms, edge cases.
 
-Reference: /work/shared/data/bfi_reliability.json (psych::alpha, psych::omega/fa minres;
+Reference: ../shared/data/bfi_reliability.json (psych::alpha, psych::omega/fa minres;
 script 02_bfi_reliability.R beside it). Tolerances: closed-form statistics (alpha, r.drop,
 alpha if deleted, means, sds) 1e-8 (R writes 15 significant digits); omega total 1e-6 and
 minres loadings 1e-4 (psych stops its L-BFGS-B search early; measured gap 6e-6).
@@ -10,11 +10,11 @@ The issue requires 1e-4 for all of them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +28,7 @@ from instruments.reliability import (
     scale_items_table,
 )
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 TOL = 1e-8
 TOL_OMEGA = 1e-6
 TOL_LOADING = 1e-4

@@ -1,6 +1,6 @@
 """Divergence analysis: within/between mixed model, treatment effects, flags.
 
-References: lme4 1.1.31 on sleepstudy (/work/shared/data), closed forms (Welch's standard
+References: lme4 1.1.31 on sleepstudy (../shared/data beside the repository), closed forms (Welch's standard
 error equals HC2 for a two-group comparison; the textbook sandwich for HC0/HC1), and
 simulations with known truth.
 """
@@ -8,11 +8,11 @@ simulations with known truth.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import SHARED_DATA
 
 from models.divergence import (
     DivergenceConfig,
@@ -21,7 +21,7 @@ from models.divergence import (
     fit_within_between,
 )
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 
 
 # -- parity with lme4 -------------------------------------------------------------------

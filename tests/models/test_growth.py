@@ -1,7 +1,7 @@
 """Tests of the Bayesian growth model (models/growth.py, models/growth_spec.py).
 
 References: scipy's multivariate normal (exact marginal likelihood), lme4 BLUPs on
-sleepstudy (/work/shared/data), statsmodels MixedLM REML, and simulation with known truth.
+sleepstudy (../shared/data beside the repository), statsmodels MixedLM REML, and simulation with known truth.
 Expensive fits run once per session (module fixtures), small and seeded; the compiled
 marginal model is cached by structure so the replicate fits reuse one compile.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytensor.tensor as pt
 import pytest
+from conftest import SHARED_DATA
 from scipy.stats import multivariate_normal
 
 from models.growth import (
@@ -37,7 +37,7 @@ from models.growth_spec import (
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pytensor")
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 TRUTH = SimulationTruth(
     intercept=50.0,
     slope=0.8,

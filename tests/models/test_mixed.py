@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import SHARED_DATA
 
 from models.mixed import MixedModelConfig, fit_mixed_model, lme4_fixed_effect_cov
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 REL = 1e-4  # issue: fixed effects and variance components within 1e-4 relative of lme4
 
 
