@@ -56,14 +56,17 @@ from instruments.simulate import (
     compute_marginal_grm_score,
     simulate_grm,
 )
+from orchestration.readers import IngestError
 
 __all__ = [
     "DEFECT_KINDS",
     "DOMAINS",
     "DemoStudy",
     "DemoStudyConfig",
+    "DemoTargetError",
     "SimulatedStudy",
     "build_analysis_plan",
+    "check_demo_target",
     "compute_truth",
     "simulate_study_frames",
     "write_demo_study",
@@ -1066,6 +1069,42 @@ def _write_text(path: Path, text: str) -> None:
         fh.write(text)
 
 
+class DemoTargetError(IngestError):
+    """The demo's folder holds something that is not a previous demo; nothing was written.
+
+    An ``IngestError`` so that the CLI reports it as unusable input (exit 2).
+    """
+
+
+def _is_previous_demo(root: Path) -> bool:
+    """Whether ``root`` holds a ``truth.json`` as this writer writes it (config + defects)."""
+    try:
+        truth = json.loads((root / "truth.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(truth, dict) and isinstance(truth.get("config"), dict) and (
+        "defects" in truth)
+
+
+def check_demo_target(out_dir: Path | str) -> Path:
+    """The demo's folder, when it is safe to write into; else :class:`DemoTargetError`.
+
+    Safe: a folder that does not exist yet, an empty folder, or a previous demo (recognised
+    by its ``truth.json``). Any other folder may be a user's study, whose survey files,
+    spec and participants a demo would delete or overwrite, so it is refused.
+    """
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise DemoTargetError(root, "exists and is not a folder; choose a new or empty folder")
+    if root.is_dir() and any(root.iterdir()) and not _is_previous_demo(root):
+        raise DemoTargetError(
+            root,
+            "the folder is not empty and is not a previous demo (no truth.json written by "
+            "'flourish demo'); refusing to overwrite it — choose a new or empty folder",
+        )
+    return root
+
+
 def write_demo_study(
     out_dir: Path | str,
     config: DemoStudyConfig | None = None,
@@ -1080,7 +1119,9 @@ def write_demo_study(
     (:func:`build_analysis_plan`) and ``truth.json`` (:func:`compute_truth`, sample facts
     and, when dirty, ``defects``). Previously written ``survey/wave_*.csv`` and
     ``telemetry/events.parquet`` are removed first, so a rewrite with fewer waves leaves no
-    stale files; nothing else in ``out_dir`` is touched.
+    stale files; nothing else in ``out_dir`` is touched. A non-empty ``out_dir`` that is not
+    a previous demo (no ``truth.json`` as written here) is refused with
+    :class:`DemoTargetError` before anything is written (:func:`check_demo_target`).
 
     With defects (``dirty=True``, or ``config.defects`` when ``dirty`` is None) the survey
     files also carry, ``config.defect_rows`` each: unknown item ids, out-of-range values,
@@ -1105,11 +1146,16 @@ def write_demo_study(
     -------
     DemoStudy
         Paths of the written files and the truth.
+
+    Raises
+    ------
+    DemoTargetError
+        ``out_dir`` is a file, or a non-empty folder that is not a previous demo.
     """
     config = config or DemoStudyConfig()
     if dirty is not None and dirty != config.defects:
         config = DemoStudyConfig(**{**_config_fields(config), "defects": dirty})
-    root = Path(out_dir)
+    root = check_demo_target(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     survey_dir = root / "survey"
     survey_dir.mkdir(exist_ok=True)

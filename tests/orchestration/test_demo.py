@@ -539,3 +539,61 @@ def test_generates_benchmark_shape_reduced() -> None:
 @pytest.mark.slow
 def test_generates_benchmark_shape_full() -> None:
     _scale_check(200_000)  # 20.4 M item rows
+
+
+# ----------------------------------------------------------------------------- --out safety
+
+
+def _user_study(root: Path) -> dict[str, bytes]:
+    """A user's study folder (no truth.json): what a demo must never overwrite."""
+    (root / "survey").mkdir(parents=True)
+    files = {
+        "study.toml": b'name = "Mine"\n',
+        "participants.csv": b"participant_id,arm\nP1,control\n",
+        "survey/wave_0.csv": b"participant_id,wave,timestamp,instrument,item,value\n",
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_demo_refuses_a_non_empty_folder_that_is_not_a_demo(tmp_path: Path) -> None:
+    from orchestration.demo import DemoTargetError
+
+    files = _user_study(tmp_path)
+    with pytest.raises(DemoTargetError, match="not a previous demo"):
+        write_demo_study(tmp_path, DemoStudyConfig(n_participants=40, waves=2))
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files
+    assert sorted(p.name for p in (tmp_path / "survey").iterdir()) == ["wave_0.csv"]
+
+
+def test_cli_demo_over_a_user_study_exits_2_and_touches_nothing(tmp_path: Path, capsys) -> None:
+    from orchestration.cli import main
+
+    files = _user_study(tmp_path)
+    code = main(["demo", "--out", str(tmp_path), "--participants", "40", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "not a previous demo" in err and str(tmp_path) in err
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files
+    assert not (tmp_path / "truth.json").exists()
+
+
+def test_demo_refuses_a_file_and_accepts_new_empty_or_previous_demo(tmp_path: Path) -> None:
+    from orchestration.demo import DemoTargetError, check_demo_target
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DemoTargetError, match="not a folder"):
+        check_demo_target(tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    assert check_demo_target(tmp_path / "empty") == tmp_path / "empty"
+    assert check_demo_target(tmp_path / "new") == tmp_path / "new"
+    cfg = DemoStudyConfig(n_participants=40, waves=2)
+    write_demo_study(tmp_path / "demo", cfg)
+    (tmp_path / "demo" / "out").mkdir()  # a run's outputs beside it
+    assert write_demo_study(tmp_path / "demo", cfg).root == tmp_path / "demo"
+    # a truth.json that is not the demo writer's does not make a folder a demo
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "truth.json").write_text('{"mine": 1}')
+    with pytest.raises(DemoTargetError):
+        check_demo_target(tmp_path / "other")
