@@ -8,6 +8,9 @@ Keys are those of ``DESIGN.md`` (public) plus those pinned in ``docs/contracts.m
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -213,6 +216,112 @@ class StudySpec(_Strict):
         return list(dict.fromkeys(i for s in self.survey for i in s.instruments))
 
 
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both already resolved)."""
+    return path == folder or folder in path.parents
+
+
+def _glob_may_match_inside(pattern: Path, folder: Path) -> bool:
+    """Whether a glob (absolute, its parts ``*``/``?``/``[..]``/``**``) can match below ``folder``.
+
+    Compared part by part against the resolved folder: the glob can reach into the folder
+    when its parts match the folder's leading parts (``**`` matches any number of parts)
+    and it continues below them.
+    """
+    pat = pattern.parts
+    tgt = folder.parts
+
+    def walk(i: int, j: int) -> bool:
+        if j == len(tgt):
+            return i < len(pat)  # the folder itself matched; the glob goes on below it
+        if i == len(pat):
+            return False
+        if pat[i] == "**":
+            return walk(i + 1, j) or walk(i, j + 1)
+        return fnmatch.fnmatchcase(tgt[j], pat[i]) and walk(i + 1, j + 1)
+
+    return walk(0, 0)
+
+
+def _glob_base(pattern: Path) -> Path:
+    """The leading parts of a glob without wildcard characters."""
+    parts = []
+    for part in pattern.parts:
+        if _GLOB_CHARS.search(part):
+            break
+        parts.append(part)
+    return Path(*parts)
+
+
+def _resolved_glob(spec: StudySpec, pattern: str) -> Path:
+    """A glob resolved against the study folder, its literal base resolved through links."""
+    target = spec.resolve(pattern)
+    base = _glob_base(target)
+    return Path(os.path.realpath(base), *target.parts[len(base.parts):])
+
+
+def check_output_dir(spec: StudySpec) -> None:
+    """Refuse an ``output_dir`` that holds the study's inputs or writes through a symlink.
+
+    ``output_dir`` (resolved, links followed) must not be, nor contain, the spec file, the
+    ledger and its anchor, the key files, the participants, survey or telemetry files (or a
+    folder their globs can reach into), the analysis plan or the study's instrument
+    folders: outputs would overwrite them, or the ledger would be deleted with the outputs.
+    Nothing inside ``output_dir`` may be a symlink that leads out of it, so no output is
+    ever written through one (``output_dir`` itself may be a link, e.g. to a larger disk).
+
+    Raises
+    ------
+    StudySpecError
+        Key ``output_dir``, naming the input or the link.
+    """
+    out = Path(os.path.realpath(spec.output_path))
+
+    def fail(message: str) -> None:
+        raise StudySpecError(spec.spec_path, "output_dir", message)
+
+    files: list[tuple[str, Path]] = [
+        ("the study spec", spec.spec_path),
+        ("the privacy ledger", spec.ledger_path),
+        ("the ledger anchor", spec.ledger_anchor_path),
+    ]
+    if spec.privacy is not None:
+        for key in ("pseudonym_key_file", "ledger_key_file"):
+            value = getattr(spec.privacy, key)
+            if value is not None:
+                files.append((f"the key file ([privacy] {key})", spec.resolve(value)))
+    if spec.analysis is not None:
+        files.append(("the analysis plan", spec.resolve(spec.analysis.plan)))
+    files += [(f"an instrument folder ({d})", d) for d in spec.instrument_dirs]
+    globs: list[tuple[str, str]] = [("the participants file", spec.participants.path)]
+    globs += [(f"survey {i} ({s.path})", s.path) for i, s in enumerate(spec.survey)]
+    if spec.telemetry is not None:
+        globs.append(("the telemetry files", spec.telemetry.path))
+    for what, path in files:
+        if _inside(Path(os.path.realpath(path)), out):
+            fail(f"'{spec.output_dir}' ({out}) contains {what}; outputs would overwrite it "
+                 "or be deleted with it — choose a folder of its own, e.g. 'out'")
+    for what, pattern in globs:
+        resolved = _resolved_glob(spec, pattern)
+        literal = not _GLOB_CHARS.search(pattern)
+        if (literal and _inside(resolved, out)) or (
+                not literal and (_inside(_glob_base(resolved), out)
+                                 or _glob_may_match_inside(resolved, out))):
+            fail(f"'{spec.output_dir}' ({out}) contains {what}; outputs would overwrite it "
+                 "or be read back as input — choose a folder of its own, e.g. 'out'")
+    if out.is_dir():
+        for root, dirs, names in os.walk(out):
+            for name in dirs + names:
+                entry = Path(root) / name
+                if entry.is_symlink() and not _inside(Path(os.path.realpath(entry)), out):
+                    fail(f"{entry} is a symlink to {os.path.realpath(entry)}, outside "
+                         "output_dir; outputs are never written through a link out of "
+                         "output_dir — remove the link")
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     # pydantic adds the model/union tag to a loc for tagged unions; none here, keep all parts.
     return ".".join(str(p) for p in loc) or "<root>"
@@ -236,7 +345,8 @@ def load_study_spec(path: Path | str) -> StudySpec:
     StudySpecError
         When the file is missing or unreadable (key ``<file>``), is not valid TOML
         (key ``<syntax>``), or a key is unknown, missing or of the wrong type (the dotted
-        key, e.g. ``survey.0.layout``; the message says how many other keys are wrong).
+        key, e.g. ``survey.0.layout``; the message says how many other keys are wrong),
+        or ``output_dir`` holds an input or a link out of it (:func:`check_output_dir`).
     """
     path = Path(path).expanduser().absolute()
     try:
@@ -260,4 +370,5 @@ def load_study_spec(path: Path | str) -> StudySpec:
             msg += f" (and {len(errors) - 1} more: {others})"
         raise StudySpecError(path, _dotted(first["loc"]), msg) from None
     spec._spec_path = path
+    check_output_dir(spec)
     return spec

@@ -202,3 +202,86 @@ def test_keys_anchor_and_study_id(tmp_path):
     # the anchor stays beside study.toml when the ledger is moved, so the move is detected
     assert spec.ledger_path == tmp_path.absolute() / "elsewhere" / "l.sqlite"
     assert spec.ledger_anchor_path == tmp_path.absolute() / "privacy_ledger.anchor.json"
+
+
+# ------------------------------------------------------------------ output_dir safety
+
+
+def _spec_with(tmp_path: Path, output_dir: str, extra: str = "") -> Path:
+    path = tmp_path / "study" / "study.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(MINIMAL.replace('output_dir = "out"', f"output_dir = {output_dir!r}")
+                    .replace("'", '"') + extra)
+    return path
+
+
+@pytest.mark.parametrize("output_dir", [".", "..", "../..", "./", "survey"])
+def test_output_dir_holding_the_study_or_its_inputs_is_refused(tmp_path: Path,
+                                                                output_dir: str) -> None:
+    path = _spec_with(tmp_path, output_dir)
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(path)
+    assert err.value.key == "output_dir"
+
+
+def test_output_dir_holding_the_ledger_key_or_participants_is_refused(tmp_path: Path) -> None:
+    for extra, what in (
+        ('\n[privacy]\nepsilon = 1.0\nledger = "out/ledger.sqlite"\n', "ledger"),
+        ('\n[privacy]\nepsilon = 1.0\npseudonym_key_file = "out/p.key"\n', "key file"),
+        ('\n[analysis]\nplan = "out/plan.yaml"\n', "analysis plan"),
+    ):
+        with pytest.raises(StudySpecError, match=what) as err:
+            load_study_spec(_spec_with(tmp_path, "out", extra))
+        assert err.value.key == "output_dir"
+    path = _spec_with(tmp_path, "out")
+    path.write_text(path.read_text().replace('path = "participants.csv"',
+                                             'path = "out/participants.csv"'))
+    with pytest.raises(StudySpecError, match="participants") as err:
+        load_study_spec(path)
+    assert err.value.key == "output_dir"
+
+
+def test_a_survey_glob_reaching_into_output_dir_is_refused(tmp_path: Path) -> None:
+    for pattern in ("**/*.csv", "*/*.csv"):
+        path = _spec_with(tmp_path, "out")
+        path.write_text(path.read_text().replace('"survey/*.csv"', f'"{pattern}"'))
+        with pytest.raises(StudySpecError, match="survey 0") as err:
+            load_study_spec(path)
+        assert err.value.key == "output_dir"
+    for pattern in ("*.csv", "survey/**/*.csv", "surveys*/*.csv"):
+        path.write_text(MINIMAL.replace('"survey/*.csv"', f'"{pattern}"'))
+        assert load_study_spec(path).output_dir == "out"
+
+
+def test_output_dir_that_is_a_link_to_the_study_folder_is_refused(tmp_path: Path) -> None:
+    path = _spec_with(tmp_path, "out")
+    (path.parent / "out").symlink_to(path.parent, target_is_directory=True)
+    with pytest.raises(StudySpecError) as err:
+        load_study_spec(path)
+    assert err.value.key == "output_dir"
+
+
+def test_an_output_linked_out_of_output_dir_is_refused(tmp_path: Path) -> None:
+    path = _spec_with(tmp_path, "out")
+    out = path.parent / "out"
+    out.mkdir()
+    victim = tmp_path / "user_file.txt"
+    victim.write_text("mine")
+    (out / "quarantine.csv").symlink_to(victim)
+    with pytest.raises(StudySpecError, match="symlink") as err:
+        load_study_spec(path)
+    assert err.value.key == "output_dir"
+    (out / "quarantine.csv").unlink()
+    (tmp_path / "site").mkdir()
+    (out / "report").symlink_to(tmp_path / "site", target_is_directory=True)
+    with pytest.raises(StudySpecError, match="report"):
+        load_study_spec(path)
+    (out / "report").unlink()
+    # a link that stays inside output_dir, and output_dir itself as a link, are fine
+    (out / "alias.parquet").symlink_to(out / "responses.parquet")
+    assert load_study_spec(path).output_dir == "out"
+    (tmp_path / "disk").mkdir()
+    link = _spec_with(tmp_path, "elsewhere")
+    (link.parent / "elsewhere").symlink_to(tmp_path / "disk", target_is_directory=True)
+    assert load_study_spec(link).output_dir == "elsewhere"
+    assert victim.read_text() == "mine"
