@@ -60,16 +60,27 @@ def write_atomic(path: Path | str, data: bytes | str, *, mode: int = 0o644) -> P
 def create_secret_file(path: Path | str, nbytes: int = 32) -> bytes:
     """Create ``path`` with mode 0600 holding ``nbytes`` random bytes as hex; return the hex.
 
+    The key is written to a temporary file created 0600 (``O_CREAT | O_EXCL``) in the same
+    folder, flushed, and then hard-linked to ``path``: the link fails when ``path`` exists, so
+    a key is never overwritten, and a concurrent reader never sees a half-written key (the
+    name appears only with its full contents).
+
     Raises ``FileExistsError`` when the file exists (never overwrites a key).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = secrets.token_hex(nbytes).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, text + b"\n")
-        os.fsync(fd)
+        try:
+            os.write(fd, text + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)  # atomic; FileExistsError when another process won
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     _fsync_dir(path.parent)
     return text

@@ -11,7 +11,7 @@ import html
 import os
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -222,16 +222,12 @@ def test_threshold_sentence(values: tuple[float, float, float], phrase: str) -> 
 
 
 def test_mid_carried_by_the_figure_wins_over_the_threshold() -> None:
-    @dataclass(frozen=True)
-    class WithMid(DPFigure):
-        mid: float = 0.0
-
     rel = make_release((7.1, 2.0, 12.2), tag="x")
     fig = rel.figure("effect:who5.total@4")
-    stricter = WithMid(**{**fig.__dict__, "threshold": 5.0}, mid=10.0)
+    stricter = replace(fig, threshold=5.0, mid=10.0)  # usefulness stricter than the MID
     assert important_difference(stricter) == 10.0
     assert "matters on this scale is 10 points" in describe_threshold(stricter)
-    assert important_difference(replace(fig, threshold=5.0)) == 5.0
+    assert important_difference(replace(fig, threshold=5.0, mid=None)) == 5.0
 
 
 def test_empty_ledger_publishes_no_head(tmp_path: Path) -> None:
