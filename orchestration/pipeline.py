@@ -60,6 +60,22 @@ class IngestResult:
     file_issues: pl.DataFrame
     identifiers: pl.DataFrame
 
+    @property
+    def blocking_file_issues(self) -> pl.DataFrame:
+        """File issues that must make ``validate`` exit non-zero (3).
+
+        A survey file that is empty or has a header only
+        (:data:`orchestration.readers.BLOCKING_FILE_ISSUES`).
+        """
+        from orchestration.readers import BLOCKING_FILE_ISSUES
+
+        return self.file_issues.filter(pl.col("reason").is_in(list(BLOCKING_FILE_ISSUES)))
+
+    @property
+    def needs_attention(self) -> bool:
+        """Rows were quarantined or a survey file held no response: ``validate`` exits 3."""
+        return bool(self.validation.summary.quarantined or self.blocking_file_issues.height)
+
 
 def ingest_study(study: Study) -> IngestResult:
     """Read every survey file and the participants table, pseudonymise ids, validate.

@@ -15,7 +15,8 @@ row per participant × wave and a column per item, which is melted. In wide file
 is melted when it is an item id of the library or *looks like* one
 (``^[a-z][a-z0-9]*_[0-9]+$``), so that an item of an instrument the study did not declare
 reaches validation as ``unknown_item`` instead of vanishing. Every other column is
-reported as an ``ignored_column`` file issue.
+reported as an ``ignored_column`` file issue. A file whose columns or header rows say it
+has another layout than the survey's ``layout`` is refused (:class:`IngestError`).
 
 CSV is scanned lazily with ``infer_schema=False`` (every cell stays text); Parquet is
 scanned lazily and cast to text; SPSS .sav and Stata .dta are read once with pyreadstat
@@ -37,7 +38,13 @@ from instruments.definition import InstrumentLibrary
 from instruments.validation import RAW_COLUMNS, RAW_SCHEMA  # noqa: F401 (re-exported)
 from orchestration.spec import FileFormat, StudySpec, SurveySpec
 
-FileIssueReason = Literal["empty_file", "no_data_rows", "no_item_columns", "ignored_column"]
+FileIssueReason = Literal["empty_file", "no_data_rows", "no_timestamp_column", "ignored_column"]
+
+#: File issues that make ``validate`` exit non-zero: a survey file that holds no response.
+BLOCKING_FILE_ISSUES: tuple[FileIssueReason, ...] = ("empty_file", "no_data_rows")
+
+#: The columns of a long file besides participant_id, wave and timestamp.
+_LONG_COLUMNS = ("instrument", "item", "value")
 CoercionKind = Literal["header_whitespace"]
 
 ITEM_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*_[0-9]+$")
@@ -95,8 +102,9 @@ class RawSurvey:
         The raw long table (LazyFrame, :data:`RAW_SCHEMA`).
     file_issues
         ``source, column, reason, detail``: empty files, files with a header but no data
-        rows, wide files without any item column, columns that were ignored (``reason``
-        in :data:`FileIssueReason`). None of these stops ingest.
+        rows, files without a ``timestamp`` column, columns that were ignored (``reason``
+        in :data:`FileIssueReason`). None of these stops ingest; the first two
+        (:data:`BLOCKING_FILE_ISSUES`) make ``validate`` exit non-zero.
     coercions
         ``source, column, kind, rows, first_row, example`` (the schema of
         ``ValidationResult.coercions``): header whitespace stripped, one row per header
@@ -259,6 +267,72 @@ def _normalise_header(
     return lf.rename(renamed), origin, coercions
 
 
+def _check_layout(
+    path: Path,
+    survey: SurveySpec,
+    lf: pl.LazyFrame,
+    cols: set[str],
+    items: list[str],
+    origin: dict[str, str],
+) -> None:
+    """Refuse a wide/qualtrics file whose columns or header rows say it has another layout.
+
+    A file without any item column would melt to 0 rows that "add up"; a long file read as
+    wide, a Qualtrics export read as wide (its question-text and ImportId rows read as
+    responses) or a plain wide file read as Qualtrics (its first two responses skipped as
+    header rows) would be read wrongly without a word.
+    """
+    expected = survey.layout
+    found = sorted(origin.values())
+    if not items:
+        hint = ""
+        if {"item", "value"} <= cols:
+            hint = "; columns item and value look like layout 'long' — set layout = 'long'"
+        raise IngestError(
+            path,
+            f"layout mismatch: layout '{expected}' expects one column per item id "
+            f"(e.g. who5_1), but no column is an item id; columns found: {found}{hint}"
+            " (or map the item columns with [survey.columns])",
+        )
+    if expected == "wide":
+        head = lf.head(2).collect()
+        cells = [str(v) for row in head.iter_rows() for v in row if isinstance(v, str)]
+        if any('"ImportId"' in c for c in cells):
+            raise IngestError(
+                path,
+                "layout mismatch: layout 'wide' expects responses from the first row under "
+                "the header, but rows 1-2 hold Qualtrics header rows (ImportId); columns "
+                f"found: {found} — set layout = 'qualtrics'",
+            )
+    elif expected == "qualtrics":
+        # The two header rows under the column names (question text, ImportId) were
+        # skipped; read them back: if every item cell is a number they were responses.
+        try:
+            skipped = pl.read_csv(path, infer_schema=False, n_rows=2)
+        except pl.exceptions.PolarsError:
+            return  # the scan itself reports what is wrong with the file
+        sources = {origin[i] for i in items}
+        item_cells = [
+            v.strip() for c in skipped.columns if c.strip() in sources
+            for v in skipped[c].to_list() if v is not None and v.strip()
+        ]
+        if item_cells and all(_is_number(v) for v in item_cells):
+            raise IngestError(
+                path,
+                "layout mismatch: layout 'qualtrics' expects two header rows (question "
+                "text, ImportId) under the column names, but rows 1-2 hold numeric "
+                f"responses; columns found: {found} — set layout = 'wide'",
+            )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_one(
     spec: StudySpec, survey: SurveySpec, path: Path, library: InstrumentLibrary
 ) -> _FileRead:
@@ -301,10 +375,19 @@ def _read_one(
         ts_expr.alias("timestamp"),
     ]
     issues: list[dict[str, object]] = []
+    found = sorted(origin.values())
     if survey.layout == "long":
         missing = [c for c in ("item", "value") if c not in cols]
         if missing:
-            raise IngestError(path, f"layout 'long' needs columns {missing}")
+            hint = ""
+            if any(ITEM_ID_PATTERN.match(c) for c in cols):
+                hint = "; its item-id columns look like layout 'wide' — set layout = 'wide'"
+            raise IngestError(
+                path,
+                f"layout mismatch: layout 'long' expects columns {missing} "
+                f"(participant_id, wave, timestamp, instrument, item, value); "
+                f"columns found: {found}{hint}",
+            )
         used |= {"item", "value", "instrument"}
         inst = pl.col("instrument") if "instrument" in cols else pl.lit(None, dtype=pl.String)
         out = lf.select(
@@ -318,28 +401,26 @@ def _read_one(
         known = {it.id for inst in library for it in inst.items}
         items = [c for c in origin if c not in used and (c in known or ITEM_ID_PATTERN.match(c))]
         used |= set(items)
-        if not items:
-            out = None
-        else:
-            melted = lf.select(*base, *[pl.col(c) for c in items]).unpivot(
-                on=items,
-                index=["source", "row", "participant_id", "wave", "timestamp"],
-                variable_name="item",
-                value_name="value",
-            )
-            out = melted.select(
-                "source",
-                "row",
-                "participant_id",
-                "wave",
-                "timestamp",
-                pl.lit(None, dtype=pl.String).alias("instrument"),
-                "item",
-                "value",
-                pl.col("item")
-                .replace_strict({c: origin[c] for c in items}, return_dtype=pl.String)
-                .alias("column"),
-            )
+        _check_layout(path, survey, lf, cols, items, origin)
+        melted = lf.select(*base, *[pl.col(c) for c in items]).unpivot(
+            on=items,
+            index=["source", "row", "participant_id", "wave", "timestamp"],
+            variable_name="item",
+            value_name="value",
+        )
+        out = melted.select(
+            "source",
+            "row",
+            "participant_id",
+            "wave",
+            "timestamp",
+            pl.lit(None, dtype=pl.String).alias("instrument"),
+            "item",
+            "value",
+            pl.col("item")
+            .replace_strict({c: origin[c] for c in items}, return_dtype=pl.String)
+            .alias("column"),
+        )
     for c in origin:
         if c not in used:
             issues.append(
@@ -351,11 +432,18 @@ def _read_one(
                     + ("/instrument/item/value" if survey.layout == "long" else ""),
                 )
             )
-    if out is None:
-        issues.append(
-            _issue(source, None, "no_item_columns", "no column is an item id; nothing to melt")
+    if "timestamp" not in cols and spec.telemetry is not None:
+        raise IngestError(
+            path,
+            "no 'timestamp' column; a study with [telemetry] needs each response's timestamp "
+            "(engagement is measured in the window before it) — add the column or map one "
+            "with [survey.columns]",
         )
-        return _FileRead(None, issues, coercions)
+    if "timestamp" not in cols:
+        issues.append(
+            _issue(source, None, "no_timestamp_column",
+                   "no 'timestamp' column; its responses have no timestamp (null)")
+        )
     if lf.head(1).collect().height == 0:
         issues.append(_issue(source, None, "no_data_rows", "a header but no data rows"))
     return _FileRead(
@@ -384,8 +472,12 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
     ------
     IngestError
         A missing file, a glob that matches nothing, an unknown format, a file without a
-        participant id or wave column, duplicate column names. Empty files and files with
-        a header only are *not* errors: they are reported in ``file_issues``.
+        participant id or wave column, duplicate column names, a layout mismatch (a
+        wide/qualtrics file without any item column, a long file without item/value, a
+        Qualtrics export read as wide or a plain wide file read as qualtrics), a file
+        without a timestamp column in a study with telemetry. Empty files, files with a
+        header only and files without a timestamp column are *not* errors: they are
+        reported in ``file_issues``.
     """
     frames: list[pl.LazyFrame] = []
     issues: list[dict[str, object]] = []

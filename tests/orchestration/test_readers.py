@@ -222,7 +222,8 @@ def test_unknown_format_raises(study_dir, library):
     with pytest.raises(IngestError, match="format"):
         read_surveys(spec, library)
     spec = make_spec(study_dir, survey("data.txt", extra='format = "csv"'))
-    assert read_surveys(spec, library).file_issues["reason"].to_list() == ["no_data_rows"]
+    assert read_surveys(spec, library).file_issues["reason"].to_list() == [
+        "no_timestamp_column", "no_data_rows"]
 
 
 def test_read_participants_renames_and_strips(study_dir):
@@ -259,12 +260,74 @@ def test_unreadable_binary_file_raises(study_dir, library, name):
         read_surveys(spec, library)
 
 
-def test_wide_file_without_item_columns_is_an_issue(study_dir, library):
+def test_wide_file_without_item_columns_is_a_layout_mismatch(study_dir, library):
     (study_dir / "noitems.csv").write_text("participant_id,wave,comment\nP1,0,hello\n")
     spec = make_spec(study_dir, survey("noitems.csv", "wide"))
+    with pytest.raises(IngestError, match=r"layout 'wide'.*\['comment', 'participant_id'"):
+        read_surveys(spec, library)
+
+
+@pytest.mark.parametrize("layout", ["wide", "qualtrics"])
+def test_long_file_read_as_wide_is_refused_naming_columns_and_layout(study_dir, library,
+                                                                     layout):
+    spec = make_spec(study_dir, survey("long.csv", layout))
+    with pytest.raises(IngestError) as err:
+        read_surveys(spec, library)
+    msg = err.value.message
+    assert f"layout '{layout}'" in msg and "look like layout 'long'" in msg
+    assert "['instrument', 'item', 'participant_id', 'timestamp', 'value', 'wave']" in msg
+
+
+def test_wide_file_read_as_long_names_columns_and_suggests_wide(study_dir, library):
+    spec = make_spec(study_dir, survey("wide.csv", "long", '[survey.columns]\npid = "participant_id"'))
+    with pytest.raises(IngestError, match=r"layout 'long' expects columns \['item', 'value'\]"
+                       r".*columns found: \['notes', 'phq9_1', 'pid'.*set layout = 'wide'"):
+        read_surveys(spec, library)
+
+
+def test_qualtrics_export_read_as_wide_is_refused(study_dir, library):
+    spec = make_spec(study_dir, survey(
+        "qualtrics.csv", "wide",
+        'wave = 0\n[survey.columns]\nExternalReference = "participant_id"\n'
+        'Q1_1 = "who5_1"\nQ1_2 = "who5_2"'))
+    with pytest.raises(IngestError, match="layout 'wide'.*ImportId.*set layout = 'qualtrics'"):
+        read_surveys(spec, library)
+
+
+def test_wide_file_read_as_qualtrics_is_refused_not_two_rows_short(study_dir, library):
+    (study_dir / "plain.csv").write_text(
+        "participant_id,wave,timestamp,who5_1,who5_2\nP1,0,2024-01-01,3,4\n"
+        "P2,0,2024-01-01,5,\nP3,0,2024-01-01,1,2\n")
+    spec = make_spec(study_dir, survey("plain.csv", "qualtrics"))
+    with pytest.raises(IngestError, match="layout 'qualtrics'.*numeric.*set layout = 'wide'"):
+        read_surveys(spec, library)
+    # the real export still reads: its header rows are text
+    spec = make_spec(study_dir, survey(
+        "qualtrics.csv", "qualtrics",
+        'wave = 0\n[survey.columns]\nExternalReference = "participant_id"\n'
+        'RecordedDate = "timestamp"\nQ1_1 = "who5_1"'))
+    assert collect(read_surveys(spec, library)).height > 0
+
+
+def test_missing_timestamp_column_is_a_file_issue_or_refused_with_telemetry(study_dir,
+                                                                             library):
+    (study_dir / "nots.csv").write_text("participant_id,wave,item,value\nP1,0,who5_1,3\n")
+    spec = make_spec(study_dir, survey("nots.csv"))
     raw = read_surveys(spec, library)
-    assert collect(raw).height == 0
-    assert sorted(raw.file_issues["reason"]) == ["ignored_column", "no_item_columns"]
+    assert raw.file_issues.select("source", "reason").rows() == [
+        ("nots.csv", "no_timestamp_column")]
+    assert collect(raw)["timestamp"].to_list() == [None]
+    (study_dir / "study.toml").write_text(
+        (study_dir / "study.toml").read_text() + '\n[telemetry]\npath = "events.parquet"\n')
+    spec = load_study_spec(study_dir / "study.toml")
+    with pytest.raises(IngestError, match="timestamp.*telemetry"):
+        read_surveys(spec, library)
+
+
+def test_header_only_and_empty_files_are_blocking_issues():
+    from orchestration.readers import BLOCKING_FILE_ISSUES
+
+    assert set(BLOCKING_FILE_ISSUES) == {"empty_file", "no_data_rows"}
 
 
 def test_dirty_demo_study_matches_its_injected_truth(tmp_path):
