@@ -1,9 +1,13 @@
 """The ``flourish`` command line (see README, "CLI reference").
 
 Exit codes follow DESIGN.md: 0 ok; 1 a pipeline failure; 2 unusable input (missing file,
-bad spec); 3 rows quarantined (validate/score); 4 a deviated analysis plan (prereg verify).
+bad spec); 3 rows quarantined (validate/score); 4 a deviated analysis plan (prereg verify);
+5 results produced but not trustworthy (``run``/``demo``: every step ran, but an
+ERROR-severity or blocking asset check failed — e.g. a sample-ratio mismatch from arm labels
+the plan does not know — or a primary hypothesis has no estimate; the summary says which
+and why). ``run`` exits 0 only when every step ran and nothing of the kind happened.
 A user mistake prints one clear message naming file, row and column where there is one —
-never a traceback.
+the same message ``validate`` gives, also when a ``run`` step hits it — never a traceback.
 """
 
 from __future__ import annotations
@@ -17,29 +21,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE, EXIT_QUARANTINED, EXIT_DEVIATED = 0, 1, 2, 3, 4
+EXIT_UNTRUSTED = 5
+
+
+_USER_ERROR_CLASSES = (
+    ("instruments.definition", "InstrumentDefinitionError"),
+    ("orchestration.readers", "IngestError"),
+    ("orchestration.spec", "StudySpecError"),
+    ("privacy.keys", "KeySourceError"),
+    ("models.plan", "AnalysisPlanError"),
+    # polars' ComputeError here means an input file polars cannot parse (ragged CSV rows,
+    # not UTF-8); KeySourceError a named key source that is missing or too short.
+    ("polars.exceptions", "ComputeError"),
+)
+USER_ERROR_NAMES = frozenset({"FileNotFoundError", "PlanError"}
+                             | {name for _, name in _USER_ERROR_CLASSES})
+"""Class names of the exceptions that mean "the user's input is wrong" (exit 2)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the user's input is wrong" (printed, never traced)."""
-    import polars as pl
+    """Exception types that mean "the user's input is wrong" (printed, never traced).
 
-    from instruments.definition import InstrumentDefinitionError
-    from orchestration.readers import IngestError
-    from orchestration.spec import StudySpecError
-    from privacy.keys import KeySourceError
-
-    # polars' ComputeError here means an input file polars cannot parse (ragged CSV rows,
-    # not UTF-8); KeySourceError a named key source that is missing or too short.
-    errors: list[type[BaseException]] = [
-        InstrumentDefinitionError, IngestError, StudySpecError, FileNotFoundError,
-        KeySourceError, pl.exceptions.ComputeError,
-    ]
-    try:
-        from models.plan import AnalysisPlanError
-
-        errors.append(AnalysisPlanError)
-    except ImportError:  # pragma: no cover - the plan module ships with the package
-        pass
+    Only modules already imported are consulted: an exception can only have been raised
+    by a module that was loaded, and importing the rest here would slow every command.
+    """
+    errors: list[type[BaseException]] = [FileNotFoundError]
+    for module, name in _USER_ERROR_CLASSES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
     return tuple(errors)
 
 
@@ -75,13 +85,47 @@ def cmd_validate(args: argparse.Namespace, *, with_scores: bool = False) -> int:
 # ---------------------------------------------------------------- run / demo
 
 
+def _report_run(outcome: object) -> int:
+    """Print a run's outcome and choose the exit code (0, 1, 2 or 5; see the module doc).
+
+    A step that failed on a user mistake prints the underlying message (as ``validate``
+    would) and nothing else: no Dagster wrapper, no summary.
+    """
+    errors = list(getattr(outcome, "errors", ()))
+    if errors and all(e.cls_name in USER_ERROR_NAMES for e in errors):
+        seen: set[str] = set()
+        for e in errors:
+            if e.message not in seen:
+                seen.add(e.message)
+                _fail(e.message)
+        return EXIT_UNUSABLE
+    print(outcome.summary_text)  # type: ignore[attr-defined]
+    if not outcome.success:  # type: ignore[attr-defined]
+        for e in errors:
+            _fail(f"step {e.step} failed: {e.cls_name}: {e.message}", EXIT_FAILED)
+        return EXIT_FAILED
+    untrusted = list(getattr(outcome, "untrusted", ()))
+    if untrusted:
+        _fail("results produced but not trustworthy:\n  - " + "\n  - ".join(untrusted),
+              EXIT_UNTRUSTED)
+        return EXIT_UNTRUSTED
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset of the study on an embedded Dagster instance."""
     from orchestration.run import run_study
 
     outcome = run_study(Path(args.study), progress=not args.quiet)
-    print(outcome.summary_text)
-    return EXIT_OK if outcome.success else EXIT_FAILED
+    return _report_run(outcome)
+
+
+def _dashboard_hint(study_path: Path) -> str:
+    """The command that opens the dashboard, runnable as printed."""
+    import shutil
+
+    prefix = "flourish" if shutil.which("flourish") else "uv run flourish"
+    return f"{prefix} dashboard {study_path}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -98,10 +142,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lock_plan(demo.plan_path, outcome_rows=0)  # sealed before any outcome is analysed
     print(f"demo study written to {out} ({args.participants} participants, seed {args.seed})")
     outcome = run_study(demo.study_path, progress=not args.quiet)
-    print(outcome.summary_text)
-    print(f"\ndone in {time.perf_counter() - started:.1f} s. Open the dashboard with:\n"
-          f"  flourish dashboard {demo.study_path}")
-    return EXIT_OK if outcome.success else EXIT_FAILED
+    code = _report_run(outcome)
+    if code in (EXIT_OK, EXIT_UNTRUSTED):
+        print(f"\ndone in {time.perf_counter() - started:.1f} s. Open the dashboard with:\n"
+              f"  {_dashboard_hint(demo.study_path)}")
+    return code
 
 
 # ---------------------------------------------------------------- prereg
@@ -205,64 +250,82 @@ def cmd_instruments(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flourish")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``flourish`` command."""
     p = argparse.ArgumentParser(prog="flourish", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"flourish {_version()}",
+                   help="print the package version and exit")
     sub = p.add_subparsers(dest="command", required=True)
+    spec_help = "the study's study.toml"
+    quiet_help = "no progress bar or step log; print only the summary"
 
     d = sub.add_parser("demo", help="write a synthetic study and run the whole pipeline")
-    d.add_argument("--participants", type=int, default=1000)
-    d.add_argument("--out", default="flourish-demo")
-    d.add_argument("--seed", type=int, default=20261129)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--participants", type=int, default=1000,
+                   help="participants to simulate (default 1000)")
+    d.add_argument("--out", default="flourish-demo",
+                   help="folder to write the demo study into (default flourish-demo)")
+    d.add_argument("--seed", type=int, default=20261129, help="random seed (default 20261129)")
+    d.add_argument("--quiet", action="store_true", help=quiet_help)
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("run", help="materialise every asset of a study")
-    r.add_argument("study")
-    r.add_argument("--quiet", action="store_true")
+    r = sub.add_parser("run", help="materialise every asset of a study; exit 0 ok, 1 a step "
+                       "failed, 2 a user mistake, 5 results produced but not trustworthy")
+    r.add_argument("study", help=spec_help)
+    r.add_argument("--quiet", action="store_true", help=quiet_help)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="ingest + validate; exit 3 when rows were quarantined")
-    v.add_argument("study")
+    v.add_argument("study", help=spec_help)
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("score", help="validate + score")
-    s.add_argument("study")
+    s.add_argument("study", help=spec_help)
     s.set_defaults(func=lambda a: cmd_validate(a, with_scores=True))
 
     pr = sub.add_parser("prereg", help="seal or verify an analysis plan")
-    pr.add_argument("action", choices=["lock", "verify"])
-    pr.add_argument("plan")
+    pr.add_argument("action", choices=["lock", "verify"],
+                    help="lock: seal the plan; verify: check it against its seal (exit 4 "
+                    "when deviated)")
+    pr.add_argument("plan", help="the analysis plan (YAML)")
     pr.add_argument("--study", help="count the outcome rows present when sealing")
     pr.set_defaults(func=cmd_prereg)
 
     rel = sub.add_parser("release", help="make the declared DP release suite and the public "
                          "report; exit 1 when refused (budget, ledger), 2 on a user mistake")
-    rel.add_argument("study", help="the study's study.toml")
+    rel.add_argument("study", help=spec_help)
     rel.add_argument("--dry-run", action="store_true",
                      help="print each declared figure's ε and expected 95%% accuracy; spend nothing")
     rel.set_defaults(func=cmd_release)
 
     led = sub.add_parser("ledger", help="show and verify the privacy-budget ledger; exit 1 "
                          "on any inconsistency")
-    led.add_argument("study", help="the study's study.toml")
+    led.add_argument("study", help=spec_help)
     led.set_defaults(func=cmd_ledger)
 
     db = sub.add_parser("dashboard", help="open the Streamlit dashboard")
-    db.add_argument("study")
-    db.add_argument("--port", type=int, default=8501)
+    db.add_argument("study", help=spec_help)
+    db.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     db.set_defaults(func=cmd_dashboard)
 
     ins = sub.add_parser("instruments", help="the instrument library")
-    ins.add_argument("action", choices=["list", "show"])
-    ins.add_argument("id", nargs="?")
+    ins.add_argument("action", choices=["list", "show"],
+                     help="list: every instrument; show: one instrument in full")
+    ins.add_argument("id", nargs="?", help="the instrument id (for show), e.g. who5")
     ins.add_argument("--study", help="include the study's own instrument folders")
     ins.set_defaults(func=cmd_instruments)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``flourish`` console script."""
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "action", None) == "show" and not args.id:
         return _fail("instruments show needs an instrument id")
@@ -273,6 +336,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILED)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flourish`` console script."""
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # the reader went away (``flourish ledger ... | head -1``): stop quietly; Python's
+        # own exit-time flush must not raise again, so stdout now points at devnull
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

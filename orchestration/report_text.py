@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -44,10 +45,33 @@ def format_validation_summary(summary: object, file_issues: pl.DataFrame | None,
     return "\n".join(lines)
 
 
-def _scores_by_arm(out: Path) -> str:
+def _fresh(path: Path, since: float | None) -> bool:
+    """The file exists and (when ``since`` is given) was written by this run."""
+    return path.exists() and (since is None or path.stat().st_mtime >= since)
+
+
+def _table(path: Path, since: float | None, needs: set[str]) -> pl.DataFrame | None:
+    """The parquet table at ``path`` when fresh and holding the columns ``needs``, else None.
+
+    A step with nothing to produce (no plan, no ``bayes_growth`` hypothesis, no telemetry)
+    writes a zero-column frame: there is then nothing to summarise.
+    """
+    if not _fresh(path, since):
+        return None
+    schema = pl.read_parquet_schema(path)
+    if not needs <= set(schema):
+        return None
+    return pl.read_parquet(path)
+
+
+def _scores_by_arm(out: Path, since: float | None = None) -> str:
     scores = out / "scores.parquet"
     parts = out / "participants.parquet"
-    if not (scores.exists() and parts.exists()):
+    if not (_fresh(scores, since) and _fresh(parts, since)):
+        return ""
+    if not ({"participant_id", "instrument", "scale", "wave", "score"}
+            <= set(pl.read_parquet_schema(scores))
+            and {"participant_id", "arm"} <= set(pl.read_parquet_schema(parts))):
         return ""
     table = (
         pl.scan_parquet(scores)
@@ -69,11 +93,13 @@ def _scores_by_arm(out: Path) -> str:
     return "\n".join(lines)
 
 
-def _effects(out: Path) -> str:
-    path = out / "effects.parquet"
-    if not path.exists():
+def _effects(out: Path, since: float | None = None) -> str:
+    eff = _table(out / "effects.parquet", since, {"role", "hypothesis", "estimate"})
+    if eff is None:
         return ""
-    eff = pl.read_parquet(path).filter(pl.col("role") != "exploratory")
+    eff = eff.filter(pl.col("role") != "exploratory")
+    if eff.height == 0:
+        return ""
     lines = [_rule("Trial effects (pre-registered)")]
 
     def num(v: object, fmt: str = ".2f") -> str:
@@ -87,14 +113,18 @@ def _effects(out: Path) -> str:
             f"{num(r['estimate']):>8} [{num(r['ci_low'])}, {num(r['ci_high'])}]"
             f"  p_adj={num(r.get('p_adjusted'), '.3g')}  {r['plan_status']}{flag}"
         )
+        if r["estimate"] is None and r["method"] != "bayes_growth":
+            lines.append(f"       no estimate: {r.get('message') or 'unknown reason'}")
     return "\n".join(lines)
 
 
-def _posterior(out: Path) -> str:
-    path = out / "posterior.parquet"
-    if not path.exists():
+def _posterior(out: Path, since: float | None = None) -> str:
+    post = _table(out / "posterior.parquet", since, {"parameter", "hypothesis", "gate", "mean"})
+    if post is None:
         return ""
-    post = pl.read_parquet(path).filter(pl.col("parameter") == "slope_effect")
+    post = post.filter(pl.col("parameter") == "slope_effect")
+    if post.height == 0:
+        return ""
     lines = [_rule("Bayesian growth (effect on the slope per wave)")]
     for r in post.iter_rows(named=True):
         if r["gate"] != "pass" or r["mean"] is None:
@@ -108,24 +138,34 @@ def _posterior(out: Path) -> str:
     return "\n".join(lines)
 
 
-def format_run_summary(spec: StudySpec, *, success: bool, failed_steps: list[str]) -> str:
-    """The end-of-run summary: counts, quarantine, means by arm and wave, results, paths."""
+def format_run_summary(spec: StudySpec, *, success: bool, failed_steps: list[str],
+                       since: float | None = None, problems: Sequence[str] = ()) -> str:
+    """The end-of-run summary: counts, quarantine, means by arm and wave, results, paths.
+
+    Only outputs written since ``since`` (the run's start) are summarised, so a failed run
+    never shows a previous run's results. ``problems`` are the reasons the results are not
+    trustworthy (failed ERROR checks, primary hypotheses without an estimate).
+    """
     out = spec.output_path
-    parts = [f"\nStudy: {spec.name}  ({'ok' if success else 'FAILED'})"]
+    status = "FAILED" if not success else ("NOT TRUSTWORTHY" if problems else "ok")
+    parts = [f"\nStudy: {spec.name}  ({status})"]
     if failed_steps:
         parts.append("failed steps: " + ", ".join(failed_steps))
+    if problems:
+        parts.append("results produced but not trustworthy:")
+        parts.extend(f"  - {p}" for p in problems)
     summary_path = out / "validation_summary.json"
-    if summary_path.exists():
+    if _fresh(summary_path, since):
         summary = json.loads(summary_path.read_text())
         issues = pl.DataFrame(summary.get("file_issues") or [],
                               schema={"source": pl.String, "reason": pl.String})
         parts.append(format_validation_summary(summary, issues, out))
-    for section in (_scores_by_arm(out), _effects(out), _posterior(out)):
+    for section in (_scores_by_arm(out, since), _effects(out, since), _posterior(out, since)):
         if section:
             parts.append(section)
     report = out / "report" / "index.html"
     parts.append(_rule("Outputs"))
     parts.append(f"  {out}")
-    if report.exists():
+    if report.exists() and (since is None or success):
         parts.append(f"  public report (DP releases only): {report}")
     return "\n".join(parts)

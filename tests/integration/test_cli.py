@@ -134,3 +134,64 @@ def test_unparseable_csv_names_the_file_without_traceback(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "w0.csv" in proc.stderr and "cannot parse" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"flourish {version('flourish')}"
+
+
+def test_every_subcommand_option_has_a_help_string() -> None:
+    import argparse
+
+    from orchestration.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in sub.choices.items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not missing
+
+
+def test_piping_into_head_exits_quietly(tmp_path: Path) -> None:
+    """`flourish instruments show who5 | head -1`: no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "instruments", "show",
+                             "who5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["instruments", "list"], ["instruments", "show", "who5"],
+                                  ["prereg", "verify", "{plan}"], ["--help"]])
+def test_light_commands_import_no_heavy_library(argv: list[str], tmp_path: Path) -> None:
+    """`instruments`, `prereg` and `--help` start fast: no dagster, pymc, arviz, opendp."""
+    plan = tmp_path / "plan.yaml"
+    shutil.copy(Path(__file__).resolve().parents[2] / "examples" / "demo" / "analysis_plan.yaml",
+                plan)
+    args = [a.replace("{plan}", str(plan)) for a in argv]
+    code = "\n".join([
+        "import sys", "from orchestration.cli import main", "try:", f"    main({args!r})",
+        "except SystemExit:", "    pass",
+        "heavy = [m for m in ('dagster', 'pymc', 'arviz', 'opendp', 'pandas', 'pandera')",
+        "         if m in sys.modules]", "print('HEAVY', heavy)"])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_demo_hint_runs_as_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as sh
+
+    from orchestration.cli import _dashboard_hint
+
+    monkeypatch.setattr(sh, "which", lambda name: None)
+    assert _dashboard_hint(Path("x/study.toml")).startswith("uv run flourish dashboard ")
+    monkeypatch.setattr(sh, "which", lambda name: "/usr/bin/flourish")
+    assert _dashboard_hint(Path("x/study.toml")) == "flourish dashboard x/study.toml"
