@@ -23,7 +23,7 @@ import html
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -488,18 +488,48 @@ def render_profile_html(release: DPRelease) -> str:
     Every effect figure is one row tagged ``data-figure-id``; a withheld one says
     :data:`WITHHELD_TEXT` and shows no number.
     """
-    effects = [f for f in release.figures if f.kind == "effect"]
+    effects = _overall_effects(release)
     return _profile_intro(release, effects) + _profile(release)
+
+
+def _overall_effects(release: DPRelease) -> list[DPFigure]:
+    return [f for f in release.figures if f.kind == "effect" and f.breakdown is None]
+
+
+def _subgroup_rows(fig: DPFigure) -> list[DPFigure]:
+    """One profile row per declared category of a breakdown figure (released values only)."""
+    inst = fig.outcome.split(".", 1)[0]
+    return [replace(fig, id=f"{fig.id}#{v['category']}", outcome=f"{inst}.subgroup",
+                    scale_title=f"{fig.breakdown}: {v['category']}", role="subgroup",
+                    values=(v,), breakdown=None)
+            for v in fig.values]
+
+
+def render_subgroups_html(release: DPRelease, fig: DPFigure) -> str:
+    """A breakdown figure (the effect by a declared covariate) as profile rows, one per category.
+
+    Withheld: the standard wording and no number.
+    """
+    fid = html.escape(fig.id, quote=True)
+    if not fig.released:
+        return (f'<p class="withheld" data-figure-id="{fid}" data-status="withheld">'
+                f"{html.escape(short_label(fig))} by {html.escape(str(fig.breakdown))}: "
+                f"{WITHHELD_TEXT}.</p>")
+    rows = _profile(replace(release, figures=tuple(_subgroup_rows(fig))))
+    return (f'<div data-figure-id="{fid}"><p class="note">The effect on '
+            f"{html.escape(outcome_name(fig))} within each declared {html.escape(str(fig.breakdown))}"
+            " group. These are descriptive: a trial is rarely large enough to tell subgroups "
+            f"apart, so read the intervals, not the dots.</p>{rows}</div>")
 
 
 def primary_effect(release: DPRelease) -> DPFigure | None:
     """The effect figure the page leads with: the primary one, else the first effect."""
-    effects = [f for f in release.figures if f.kind == "effect"]
+    effects = _overall_effects(release)
     return next((f for f in effects if f.role == "primary"), effects[0] if effects else None)
 
 
 def _profile(release: DPRelease) -> str:
-    figs = _profile_order([f for f in release.figures if f.kind == "effect"])
+    figs = _profile_order(_overall_effects(release))
     if not figs:
         return "<p>This release declares no effect figures.</p>"
     ratios: list[float] = [-1.5, 1.5]
@@ -824,9 +854,13 @@ def _page(shown: list[_Shown], summary: LedgerSummary, plan: PlanStatusNote | No
               f"<h1>{html.escape(rel.study)}: did the {html.escape(_arm(rel, 'treatment'))} "
               "help people flourish?</h1>",
               deviated, bad, _lead(rel), _how_to_read(rel), "</header>"]
-    if effects:
+    if _overall_effects(rel):
         parts += ["<section id='profile'><h2>Result on each part of wellbeing</h2>",
                   render_profile_html(rel), "</section>"]
+    for f in (f for f in effects if f.breakdown is not None):
+        parts += [f"<section class='subgroups'><h2>For whom: {html.escape(short_label(f))} by "
+                  f"{html.escape(str(f.breakdown))}</h2>", render_subgroups_html(rel, f),
+                  "</section>"]
     for f in means:
         fid = html.escape(f.id, quote=True)
         parts.append(f"<section class='trajectory'><h2>Average {html.escape(short_label(f))} "

@@ -130,7 +130,13 @@ class PublicSpec(_Strict):
         Public waves, baseline first. Default: the plan's ``waves`` schedule, else the
         baseline 0 and the hypotheses' waves.
     breakdowns
-        Group keys: the declared arms and waves (``[arm, wave]``).
+        Group keys: ``arm`` and ``wave`` (the declared arms and waves), plus any covariate
+        of the participants table whose categories are declared in ``categories``; each
+        such covariate adds the primary effect broken down by its categories.
+    categories
+        Declared categories per covariate breakdown: a list (equal expected shares) or a
+        mapping category -> expected share. They are the only keys: a participant in any
+        other category is left out of that figure and counted.
     epsilon
         ε of one release suite. Default: the study's whole ``[privacy] epsilon``.
     split
@@ -155,7 +161,8 @@ class PublicSpec(_Strict):
     outcomes: list[str] | None = None
     trajectories: list[str] | None = None
     waves: list[int] | None = None
-    breakdowns: list[Literal["arm", "wave"]] = Field(default_factory=lambda: ["arm", "wave"])
+    breakdowns: list[str] = Field(default_factory=lambda: ["arm", "wave"])
+    categories: dict[str, list[str] | dict[str, float]] = Field(default_factory=dict)
     epsilon: float | None = Field(default=None, gt=0.0)
     split: Literal["auto"] | dict[str, float] = "auto"
     usefulness: dict[str, float] = Field(default_factory=dict)
@@ -172,8 +179,24 @@ class PublicSpec(_Strict):
             for o in getattr(self, key) or []:
                 if not re.match(pattern, o):
                     raise ValueError(f"{key}: '{o}' is not an instrument.scale id")
-        if sorted(set(self.breakdowns)) != ["arm", "wave"]:
-            raise ValueError("breakdowns must be [arm, wave] (the declared arms and waves)")
+        if len(set(self.breakdowns)) != len(self.breakdowns) or not {"arm", "wave"} <= set(
+                self.breakdowns):
+            raise ValueError("breakdowns must list arm and wave once each, then covariates")
+        for b in self.breakdowns:
+            if b in ("arm", "wave"):
+                continue
+            cats = self.categories.get(b)
+            if not cats:
+                raise ValueError(f"breakdown '{b}' needs its categories declared in "
+                                 f"categories.{b} (keys never come from the data)")
+            names = list(cats)
+            if len(set(names)) != len(names) or any(not str(c) for c in names):
+                raise ValueError(f"categories.{b} must be distinct, non-empty")
+            if isinstance(cats, dict) and any(v <= 0 for v in cats.values()):
+                raise ValueError(f"categories.{b}: expected shares must be positive")
+        extra = set(self.categories) - set(self.breakdowns)
+        if extra:
+            raise ValueError(f"categories declared for {sorted(extra)}, which breakdowns omit")
         if self.waves is not None and (len(set(self.waves)) != len(self.waves)
                                        or any(w < 0 for w in self.waves)):
             raise ValueError("waves must be distinct non-negative integers")

@@ -74,7 +74,7 @@ def declare_public(plan: object, library: object, *, study_name: str, budget: fl
         [primary.outcome] if primary else [])
     figures: list[FigureSpec] = []
 
-    def spec_of(kind: str, outcome: str) -> FigureSpec:
+    def spec_of(kind: str, outcome: str, breakdown: str | None = None) -> FigureSpec:
         inst_id, scale_id = outcome.split(".", 1)
         inst = library[inst_id]  # type: ignore[index]
         lo, hi = inst.scale_range(scale_id)
@@ -83,26 +83,42 @@ def declare_public(plan: object, library: object, *, study_name: str, budget: fl
         is_primary = primary is not None and outcome == primary.outcome
         if kind == "effect":
             wave = hyp.wave if hyp is not None and hyp.wave in waves[1:] else waves[-1]
-            fid = f"effect:{outcome}@{wave}"
+            fid = f"effect:{outcome}@{wave}" + (f"|by:{breakdown}" if breakdown else "")
         else:
             wave, fid = None, f"means:{outcome}"
         mid = _mid(plan, library, outcome)
         default = (mid if mid is not None else (hi - lo) / 10.0)
         if kind == "means" or is_primary:
             default /= 2.0
-        threshold = float(pub.usefulness.get(fid, pub.usefulness.get(outcome, default)))
         tier = (0 if kind == "effect" else 1) if is_primary else (2 if kind == "effect" else 3)
         role = ("primary" if is_primary else hyp.role if hyp is not None else "descriptive")
+        cats: tuple[str, ...] = ()
+        shares: tuple[float, ...] = ()
+        if breakdown is not None:
+            declared = pub.categories[breakdown]
+            cats = tuple(str(c) for c in declared)
+            raw = ([float(declared[c]) for c in declared] if isinstance(declared, dict)
+                   else [1.0] * len(cats))
+            shares = tuple(v / sum(raw) for v in raw)
+            tier, role = 4, "subgroup"  # after every overall figure
+            default = mid if mid is not None else (hi - lo) / 10.0
+        threshold = float(pub.usefulness.get(fid, pub.usefulness.get(outcome, default)))
         return FigureSpec(
             id=fid, kind=kind, outcome=outcome, instrument_title=inst.name,  # type: ignore[arg-type]
             scale_title=scale_title, units=f"points on the {lo:g}–{hi:g} scale", lo=float(lo),
             hi=float(hi), role=role, hypothesis=hyp.id if hyp is not None else None, wave=wave,
             threshold=threshold, tier=tier,
             weight=pub.split.get(fid) if isinstance(pub.split, dict) else None, mid=mid,
+            breakdown=breakdown, categories=cats, category_shares=shares,
         )
 
     figures += [spec_of("effect", o) for o in effect_outcomes]
     figures += [spec_of("means", o) for o in trajectories]
+    covariates = [b for b in pub.breakdowns if b not in ("arm", "wave")]
+    if covariates and primary is None:
+        raise PlanError("<plan>", "public.breakdowns", "a covariate breakdown needs a primary "
+                        "hypothesis (it breaks the primary effect down)")
+    figures += [spec_of("effect", primary.outcome, b) for b in covariates]  # type: ignore[union-attr]
     n_total = pub.expected_n or plan.planned_sample_size  # type: ignore[attr-defined]
     if n_total is None:
         raise PlanError("<plan>", "public.expected_n", "declare the expected number of "
@@ -272,7 +288,13 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
     decl, check = load_public_declaration(study)
     out = study.out
     scores = pl.read_parquet(out / "scores.parquet")
-    participants = pl.read_parquet(out / "participants.parquet", columns=["participant_id", "arm"])
+    breakdowns = sorted({f.breakdown for f in decl.figures if f.breakdown is not None})
+    participants = pl.read_parquet(out / "participants.parquet")
+    missing = [b for b in breakdowns if b not in participants.columns]
+    if missing:
+        raise ReleaseRefused(f"the plan breaks public figures down by {missing}, which the "
+                             "participants table does not have; nothing was released")
+    participants = participants.select("participant_id", "arm", *breakdowns)
     table = build_public_table(scores, participants, decl)
     anchors = collect_anchors(out)
     published = bool(anchors) or study.spec.ledger_anchor_path.exists()

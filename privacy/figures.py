@@ -73,6 +73,12 @@ class FigureSpec:
     weight: float | None = None
     mid: float | None = None
     """The minimal important difference (outcome units), when the plan or instrument has one."""
+    breakdown: str | None = None
+    """A declared covariate the figure is broken down by (one value row per category)."""
+    categories: tuple[str, ...] = ()
+    """The breakdown's declared categories: its only keys (the data never add one)."""
+    category_shares: tuple[float, ...] = ()
+    """Expected share of participants in each category (planning only)."""
 
     @property
     def width(self) -> float:
@@ -85,7 +91,8 @@ class FigureSpec:
             "id": self.id, "kind": self.kind, "outcome": self.outcome, "lo": self.lo,
             "hi": self.hi, "role": self.role, "hypothesis": self.hypothesis, "wave": self.wave,
             "threshold": self.threshold, "tier": self.tier, "weight": self.weight,
-            "mid": self.mid,
+            "mid": self.mid, "breakdown": self.breakdown, "categories": list(self.categories),
+            "category_shares": list(self.category_shares),
         }
 
 
@@ -145,6 +152,10 @@ class PublicDeclaration:
         if len(set(ids)) != len(ids):
             raise ValueError(f"figure ids repeat: {ids}")
         for f in self.figures:
+            if f.breakdown is not None and (not f.categories or len(set(f.categories)) != len(
+                    f.categories) or len(f.category_shares) != len(f.categories)):
+                raise ValueError(f"{f.id}: a breakdown needs distinct declared categories and "
+                                 "one expected share each")
             if f.kind == "effect" and (f.wave is None or f.wave not in self.waves[1:]):
                 raise ValueError(f"{f.id}: effect wave {f.wave} is not a declared follow-up wave")
             if not f.threshold > 0:
@@ -448,9 +459,26 @@ class ReleasePlan:
         )
 
 
+def planning_declaration(fig: FigureSpec, decl: PublicDeclaration) -> PublicDeclaration:
+    """The declaration a figure is planned under.
+
+    For a breakdown: the smallest category's expected n (each category is its own group,
+    so the worst one sets the margin).
+    """
+    if fig.breakdown is None:
+        return decl
+    share = min(fig.category_shares)
+    return replace(decl, expected_n={a: n * share for a, n in decl.expected_n.items()})
+
+
+def planned_margin(fig: FigureSpec, decl: PublicDeclaration, epsilon: float) -> float:
+    """Expected 95 % noise margin of ``fig`` at ``epsilon`` (outcome units), before data."""
+    return FIGURE_KINDS[fig.kind].planned_margin(fig, planning_declaration(fig, decl), epsilon)
+
+
 def _needed(fig: FigureSpec, decl: PublicDeclaration) -> float:
     # every noise scale is proportional to 1/ε, so the margin is margin(1) / ε
-    return FIGURE_KINDS[fig.kind].planned_margin(fig, decl, 1.0) / fig.threshold
+    return planned_margin(fig, decl, 1.0) / fig.threshold
 
 
 def plan_release(decl: PublicDeclaration) -> ReleasePlan:
@@ -512,13 +540,12 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
             active = [f for f in active if f.id not in reasons]
     planned = []
     for f in decl.figures:
-        kind = FIGURE_KINDS[f.kind]
         if f.id in eps:
             planned.append(PlannedFigure(f, eps[f.id], need[f.id],
-                                         kind.planned_margin(f, decl, eps[f.id]), "released"))
+                                         planned_margin(f, decl, eps[f.id]), "released"))
         else:
             planned.append(PlannedFigure(f, 0.0, need[f.id],
-                                         kind.planned_margin(f, decl, max(decl.epsilon, 1e-9)),
+                                         planned_margin(f, decl, max(decl.epsilon, 1e-9)),
                                          "withheld", reasons[f.id]))
     return ReleasePlan(decl, tuple(planned))
 

@@ -103,6 +103,9 @@ class DPFigure:
     mid
         The outcome's minimal important difference (outcome units), when declared; the
         report compares effects with it (the usefulness threshold may be stricter).
+    breakdown
+        A declared covariate (e.g. ``country``): then every value row also has
+        ``category``, one of the declared categories, and the rows are per category.
     """
 
     id: str
@@ -123,6 +126,7 @@ class DPFigure:
     reason: str = ""
     values: tuple[dict[str, Any], ...] = ()
     mid: float | None = None
+    breakdown: str | None = None
 
     @property
     def released(self) -> bool:
@@ -144,7 +148,7 @@ class DPFigure:
             "hypothesis": self.hypothesis, "wave": self.wave, "threshold": self.threshold,
             "epsilon": self.epsilon, "planned_margin": self.planned_margin,
             "status": self.status, "reason": self.reason, "values": [dict(v) for v in self.values],
-            "mid": self.mid,
+            "mid": self.mid, "breakdown": self.breakdown,
         }
 
     @classmethod

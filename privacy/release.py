@@ -48,7 +48,7 @@ from privacy.figures import (
     plan_release,
 )
 from privacy.objects import DPFigure, DPRelease, LedgerStamp, canonical_json
-from privacy.table import PublicTable, value_column
+from privacy.table import PublicTable, group_column, value_column
 
 dp.enable_features("contrib")
 
@@ -82,20 +82,32 @@ class _FigureQuery:
     epsilon: float
     scales: dict[str, float]
     columns: dict[str, pl.Expr]
+    groups: list[str]
 
 
-def _domain(columns: Iterable[str]) -> Any:
+def _domain(columns: Iterable[str], groups: Iterable[str] = ()) -> Any:
     series = [dp.series_domain("arm", dp.atom_domain(T=dp.i32))]
+    series += [dp.series_domain(g, dp.atom_domain(T=dp.i32)) for g in groups]
     series += [dp.series_domain(c, dp.atom_domain(T=dp.i64)) for c in columns]
     return dp.with_margin(
         dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=MAX_ROWS_PUBLIC)
     )
 
 
-_D_IN = [dp.polars.Bound(per_group=1), dp.polars.Bound(by=[pl.col("arm")], per_group=1)]
-"""One participant: one row in all, hence at most one row in any arm."""
+def _d_in(by: list[str]) -> list[Any]:
+    """One participant: one row in all, hence at most one row in any group."""
+    return [dp.polars.Bound(per_group=1),
+            dp.polars.Bound(by=[pl.col(c) for c in by], per_group=1)]
 
-_ARM_KEYS = pl.DataFrame({"arm": pl.Series([0, 1], dtype=pl.Int32)})
+
+def _keys(fig: Any) -> pl.DataFrame:
+    """Group keys from declarations only: the two arms (x the declared categories)."""
+    arms = pl.DataFrame({"arm": pl.Series([0, 1], dtype=pl.Int32)})
+    if fig.breakdown is None:
+        return arms
+    cats = pl.DataFrame({group_column(fig.breakdown): pl.Series(
+        range(len(fig.categories)), dtype=pl.Int32)})
+    return arms.join(cats, how="cross")
 
 
 def _compile_figure(pf: PlannedFigure, decl: PublicDeclaration) -> _FigureQuery:
@@ -104,26 +116,32 @@ def _compile_figure(pf: PlannedFigure, decl: PublicDeclaration) -> _FigureQuery:
     x = {w: pl.col(value_column(pf.spec.outcome, w)) for w in decl.waves}
     columns = kind.columns(pf.spec, decl, x)
     aggs = kind.aggregates(pf.spec, decl)
-    schema = {"arm": pl.Int32, **dict.fromkeys(columns, pl.Int64)}
+    groups = [] if pf.spec.breakdown is None else [group_column(pf.spec.breakdown)]
+    by = ["arm", *groups]
+    keys = _keys(pf.spec)
+    schema = {"arm": pl.Int32, **dict.fromkeys(groups, pl.Int32),
+              **dict.fromkeys(columns, pl.Int64)}
+    d_in = _d_in(by)
 
     def make(factor: float) -> tuple[Any, dict[str, float]]:
         scales = {a.name: factor * a.sensitivity / (a.share * pf.epsilon) for a in aggs}
         exprs = [pl.col(a.column).dp.sum((a.lower, a.upper), scale=scales[a.name]).alias(a.name)
                  for a in aggs]
-        inner = pl.LazyFrame(schema=schema).group_by("arm").agg(exprs)
-        plan = _ARM_KEYS.lazy().join(inner, on="arm", how="left")
-        m = dp.m.make_private_lazyframe(_domain(columns), dp.frame_distance(
+        inner = pl.LazyFrame(schema=schema).group_by(by).agg(exprs)
+        # the declared keys only: a group the data hold but the plan does not is never output
+        plan = keys.lazy().join(inner, on=by, how="left")
+        m = dp.m.make_private_lazyframe(_domain(columns, groups), dp.frame_distance(
             dp.symmetric_distance()), dp.max_divergence(), plan)
         return m, scales
 
     factor = 1.0
     m, scales = make(factor)
-    eps = float(m.map(_D_IN))
+    eps = float(m.map(d_in))
     while eps > pf.epsilon * (1 + 1e-12):  # float rounding in the privacy map: never overspend
         factor *= (eps / pf.epsilon) * (1 + 1e-9)
         m, scales = make(factor)
-        eps = float(m.map(_D_IN))
-    return _FigureQuery(pf, m, eps, scales, columns)
+        eps = float(m.map(d_in))
+    return _FigureQuery(pf, m, eps, scales, columns, groups)
 
 
 @dataclass(frozen=True)
@@ -149,15 +167,26 @@ class CompiledSuite:
                 id=s.id, kind=s.kind, outcome=s.outcome, instrument_title=s.instrument_title,
                 scale_title=s.scale_title, units=s.units, lo=s.lo, hi=s.hi, role=s.role,
                 hypothesis=s.hypothesis, wave=s.wave, threshold=s.threshold,
-                planned_margin=pf.planned_margin, mid=s.mid,
+                planned_margin=pf.planned_margin, mid=s.mid, breakdown=s.breakdown,
             )
             q = by_id.get(s.id)
             if q is None:
                 out.append(DPFigure(**common, epsilon=0.0, status="withheld", reason=pf.reason))
                 continue
-            data = frame.lazy().select("arm", *[e.alias(n) for n, e in q.columns.items()])
+            data = frame.lazy().select("arm", *q.groups,
+                                       *[e.alias(n) for n, e in q.columns.items()])
             noisy = q.measurement(data).collect()
-            values = FIGURE_KINDS[s.kind].values(s, decl, noisy, q.scales)
+            kind = FIGURE_KINDS[s.kind]
+            if s.breakdown is None:
+                values = kind.values(s, decl, noisy, q.scales)
+            else:  # the kind's rule per declared category; each row names its category
+                g = q.groups[0]
+                values = [
+                    {"breakdown": s.breakdown, "category": cat, **row}
+                    for k, cat in enumerate(s.categories)
+                    for row in kind.values(s, decl, noisy.filter(pl.col(g) == k).drop(g),
+                                           q.scales)
+                ]
             out.append(DPFigure(**common, epsilon=q.epsilon, status="released",
                                 values=tuple(values)))
         return tuple(out)

@@ -29,6 +29,11 @@ def value_column(outcome: str, wave: int) -> str:
     return f"x|{outcome}|{wave}"
 
 
+def group_column(breakdown: str) -> str:
+    """Name of a breakdown's category code (index into the declared categories, -1: none)."""
+    return f"g|{breakdown}"
+
+
 @dataclass(frozen=True)
 class PublicTable:
     """One row per participant of a declared arm, with its value columns.
@@ -62,7 +67,7 @@ def build_public_table(
     scores
         ``participant_id, wave, instrument, scale, score`` (the internal score table).
     participants
-        ``participant_id, arm``.
+        ``participant_id, arm`` and every covariate a figure is broken down by.
     decl
         The sealed public declaration (arms, waves, outcomes and their ranges).
     id_column
@@ -83,7 +88,15 @@ def build_public_table(
     arms = {decl.control_arm: 0, decl.treatment_arm: 1}
     bounds = {f.outcome: (f.lo, f.hi) for f in decl.figures}
     waves = list(decl.waves)
-    p = participants.select(pl.col(id_column).cast(pl.String), pl.col("arm").cast(pl.String))
+    breakdowns: dict[str, tuple[str, ...]] = {}
+    for f in decl.figures:
+        if f.breakdown is not None:
+            breakdowns[f.breakdown] = f.categories
+    missing = [b for b in breakdowns if b not in participants.columns]
+    if missing:
+        raise ValueError(f"participants lack the declared breakdown column(s) {missing}")
+    p = participants.select(pl.col(id_column).cast(pl.String), pl.col("arm").cast(pl.String),
+                            *(pl.col(b).cast(pl.String) for b in breakdowns))
     p = p.unique(subset=[id_column], keep="first")
     declared = p.filter(pl.col("arm").is_in(list(arms)))
     s = scores.select(
@@ -105,10 +118,17 @@ def build_public_table(
     ).row(0, named=True)
     dropped = {k: int(v) for k, v in counts.items()}
     dropped["participants_in_undeclared_arms"] = p.height - declared.height
+    codes = []
+    for b, cats in breakdowns.items():
+        code = pl.col(b).replace_strict({c: i for i, c in enumerate(cats)}, default=-1,
+                                        return_dtype=pl.Int32)
+        codes.append(code.alias(group_column(b)))
+        dropped[f"participants_outside_the_declared_{b}_categories"] = int(
+            declared.select((code < 0).sum()).item())
     # dense scatter: participant index x (outcome, wave) cell -> value in [0, 1]
     outcomes = list(decl.outcomes)
     cell_of = {(o, w): k for k, (o, w) in enumerate((o, w) for o in outcomes for w in waves)}
-    rows = declared.with_row_index("_row").select(id_column, "_row", "arm")
+    rows = declared.with_row_index("_row").select(id_column, "_row", "arm", *codes)
     lo_of = {o: bounds[o][0] for o in outcomes}
     span_of = {o: bounds[o][1] - bounds[o][0] for o in outcomes}
     cells = pl.DataFrame(
@@ -134,9 +154,11 @@ def build_public_table(
     columns = [value_column(o, w) for (o, w) in cell_of]
     frame = (
         pl.DataFrame({"arm": rows["arm"].replace_strict(arms, return_dtype=pl.Int32),
+                      **{group_column(b): rows[group_column(b)] for b in breakdowns},
                       **{name: mat[:, k] for k, name in enumerate(columns)}})
         .fill_nan(None)
-        .sort(["arm", *columns], nulls_last=True)  # canonical order: ids are not in the table
+        # canonical order: ids are not in the table
+        .sort(["arm", *(group_column(b) for b in breakdowns), *columns], nulls_last=True)
     )
     return PublicTable(frame=frame, data_version=compute_data_version(frame), dropped=dropped)
 
@@ -156,7 +178,7 @@ def compute_data_version(frame: pl.DataFrame) -> str:
     """
     cols = sorted(frame.columns)
     ints = frame.select(
-        (pl.col(c).cast(pl.Float64) * (1 if c == "arm" else FIXED_POINT_Q)).round(0)
+        (pl.col(c).cast(pl.Float64) * (FIXED_POINT_Q if c.startswith("x|") else 1)).round(0)
         .cast(pl.Int64).fill_null(-1).alias(c)
         for c in cols
     )

@@ -481,3 +481,29 @@ def test_report_in_headless_chromium(suite: dict, tmp_path: Path) -> None:
     shutil.copy(shot, "/tmp/report_screenshot.png")
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "public_report.png")
+
+
+def test_breakdown_figure_is_a_for_whom_section_with_one_row_per_category(tmp_path: Path) -> None:
+    rel = make_release((7.1, 2.0, 12.2), tag="b")
+    primary = rel.figure("effect:who5.total@4")
+    rows = ({"breakdown": "country", "category": "GB", **primary.values[0], "estimate": 9.5,
+             "ci_low": 1.5, "ci_high": 17.5},
+            {"breakdown": "country", "category": "DE", **primary.values[0], "estimate": -2.25,
+             "ci_low": -12.0, "ci_high": 7.5})
+    by = replace(primary, id="effect:who5.total@4|by:country", role="subgroup",
+                 breakdown="country", values=rows)
+    held = replace(by, id="effect:who5.total@4|by:cohort", breakdown="cohort", values=(),
+                   status="withheld", epsilon=0.0, reason="withheld: too uncertain")
+    rel = replace(rel, figures=(*rel.figures, by, held))
+    stored, summary = make_ledger([rel])
+    text = render_public_report(stored, summary, tmp_path).read_text()
+    assert "For whom: WHO-5 Well-Being Index by country" in text
+    for cat, est in (("GB", "+9.5"), ("DE", "\u22122.2")):
+        assert f'data-figure-id="effect:who5.total@4|by:country#{cat}"' in text
+        assert f"country: {cat}" in text
+    assert "+9.5" in text
+    # the lead and the profile stay on the overall primary effect
+    lead = text.split("<section id='profile'>")[0]
+    assert "7.1" in lead and "9.5" not in lead
+    cohort = text.split('data-figure-id="effect:who5.total@4|by:cohort"')[1][:200]
+    assert WITHHELD_TEXT in cohort

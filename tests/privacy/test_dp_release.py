@@ -307,3 +307,38 @@ def test_coverage_harness_runs_quickly() -> None:
     e = figs["effect:who5.total@4"].values[0]
     assert e["ci_low"] < e["estimate"] < e["ci_high"]
     assert abs(e["estimate"] - exact["effect"]) < 5 * e["se_noise"] + 1e-9
+
+
+# ---------------------------------------------------------------------- covariate breakdowns
+
+
+def _by_country(categories=("GB", "US"), shares=(0.5, 0.5)) -> FigureSpec:
+    return FigureSpec("effect:who5.total@4|by:country", "effect", "who5.total", "WHO-5",
+                      "Total", "points", 0.0, 100.0, "subgroup", "H1", 4, 10.0, 4,
+                      breakdown="country", categories=categories, category_shares=shares)
+
+
+def test_breakdown_keys_come_from_declared_categories_only() -> None:
+    decl = _decl((_effect(), _by_country()), epsilon=3.0)
+    scores, parts = _scores()
+    country = ["GB", "US", "FR"]  # FR is not declared
+    parts = parts.with_columns(pl.Series("country", [country[i % 3] for i in range(parts.height)]))
+    table = build_public_table(scores, parts, decl)
+    assert table.dropped["participants_outside_the_declared_country_categories"] == 333  # i % 3 == 2 for i < 1000
+    release = draw_release(plan_release(decl), table)
+    fig = release.figure("effect:who5.total@4|by:country")
+    assert fig.released and fig.breakdown == "country"
+    assert [v["category"] for v in fig.values] == ["GB", "US"]
+    assert "FR" not in release.to_json()
+    # each participant is in one category: the breakdown costs one ε, not one per category
+    suite = compile_suite(plan_release(decl))
+    q = next(q for q in suite.queries if q.planned.spec.breakdown)
+    assert q.epsilon == pytest.approx(q.planned.epsilon, rel=1e-9)
+
+
+def test_breakdown_is_planned_at_its_smallest_category() -> None:
+    even = plan_release(_decl((_by_country(),), epsilon=1.0)).figures[0].planned_margin
+    skew = plan_release(_decl((_by_country(shares=(0.8, 0.2)),), epsilon=1.0)).figures[0]
+    alone = plan_release(_decl((replace(_by_country(), breakdown=None, categories=(),
+                                        category_shares=()),), epsilon=1.0)).figures[0]
+    assert skew.planned_margin > even > alone.planned_margin
