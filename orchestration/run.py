@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,20 @@ class RunOutcome:
     def trustworthy(self) -> bool:
         """Every step ran, no ERROR check failed, every primary hypothesis has an estimate."""
         return self.success and not self.untrusted
+
+
+@contextmanager
+def quiet_warnings() -> Iterator[None]:
+    """Silence library warnings that say nothing to the user of a run.
+
+    arviz warns "More chains (n) than draws (m)" whenever it converts a draw array with
+    fewer draws than chains (the growth model's derived quantities, ``models/growth.py``);
+    the diagnostics gate, not this warning, is what the user needs.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws",
+                                category=UserWarning)
+        yield
 
 
 def _peel(step: str, error: object) -> StepError:
@@ -177,10 +193,7 @@ def run_study(spec_path: Path, *, progress: bool = True) -> RunOutcome:
     instance.add_event_listener(run_id, on_event)
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     try:
-        with warnings.catch_warnings():
-            # arviz warns on every 1-D draw vector it is handed (models/growth.py); noise.
-            warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws",
-                                    category=UserWarning)
+        with quiet_warnings():
             job.execute_in_process(
                 instance=instance, run_id=run_id, raise_on_error=False, run_config=quiet
             )

@@ -163,3 +163,23 @@ def test_a_failed_run_never_shows_the_previous_runs_results(tiny_ran: Path) -> N
     fresh = format_run_summary(spec, success=False, failed_steps=["effects"],
                                since=(tiny_ran / "out" / "effects.parquet").stat().st_mtime + 60)
     assert "Trial effects" not in fresh and "Mean scores" not in fresh and "FAILED" in fresh
+
+
+def test_runs_silence_arvizs_more_chains_than_draws_warning() -> None:
+    import warnings
+
+    import arviz as az
+    import numpy as np
+
+    from orchestration.run import quiet_warnings
+
+    short = np.random.default_rng(0).normal(size=(8, 4))  # 8 "chains", 4 draws
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        az.convert_to_dataset(short)
+    assert any("More chains" in str(w.message) for w in seen)  # what users saw on a run
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_warnings():
+            az.convert_to_dataset(short)
+    assert not any("More chains" in str(w.message) for w in seen)
