@@ -106,9 +106,8 @@ def _report_run(outcome: object) -> int:
         return EXIT_FAILED
     untrusted = list(getattr(outcome, "untrusted", ()))
     if untrusted:
-        _fail("results produced but not trustworthy:\n  - " + "\n  - ".join(untrusted),
-              EXIT_UNTRUSTED)
-        return EXIT_UNTRUSTED
+        return _fail(f"results produced but not trustworthy ({len(untrusted)} problem(s), "
+                     "listed in the summary above)", EXIT_UNTRUSTED)
     return EXIT_OK
 
 

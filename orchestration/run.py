@@ -127,6 +127,27 @@ def _primary_without_estimate(out: Path, since: float) -> list[str]:
     return reasons
 
 
+def _srm_detail(out: Path, since: float) -> str:
+    """Observed/expected arm sizes of a failed sample-ratio check, and unplanned arms."""
+    import polars as pl
+
+    path = out / "sample_ratio.parquet"
+    if not path.exists() or path.stat().st_mtime < since:
+        return ""
+    srm = pl.read_parquet(path)
+    if not {"arm", "observed", "expected"} <= set(srm.columns):
+        return ""
+    sizes = ", ".join(f"{r['arm']} {r['observed']}/{r['expected']:.0f}"
+                      for r in srm.iter_rows(named=True))
+    text = f"; arm sizes observed/expected: {sizes}"
+    unplanned = [str(r["arm"]) for r in srm.iter_rows(named=True)
+                 if not r["expected"]]
+    if unplanned:
+        text += (f"; arm(s) {', '.join(unplanned)} not in the plan's allocation: those "
+                 "participants are left out of the effects")
+    return text
+
+
 def run_study(spec_path: Path, *, progress: bool = True) -> RunOutcome:
     """Materialise every asset and asset check of the study; show a progress bar by step.
 
@@ -206,6 +227,7 @@ def run_study(spec_path: Path, *, progress: bool = True) -> RunOutcome:
     failed_steps = [s for s in failed if s not in {e.step for e in blocked}]
     success = not failed_steps
     untrusted = [f"check {c.name} failed ({c.severity})" + (f": {c.detail}" if c.detail else "")
+                 + (_srm_detail(out, started) if c.name.endswith("sample_ratio_mismatch") else "")
                  for c in checks if c.severity == "ERROR"]
     untrusted += [f"blocking check stopped step {e.step}: {e.message}" for e in blocked]
     untrusted += _primary_without_estimate(out, started)

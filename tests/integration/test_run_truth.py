@@ -110,6 +110,7 @@ def test_unplanned_arm_and_relabelled_final_wave_exit_5_saying_why(tiny: Path, t
     assert "(ok)" not in out
     both = out + err
     assert "sample_ratio_mismatch" in both
+    assert "placebo not in the plan's allocation" in both
     assert re.search(r"primary hypothesis H1 .* no estimate", both), both
     assert "not trustworthy" in err
 
