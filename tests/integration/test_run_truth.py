@@ -184,3 +184,10 @@ def test_runs_silence_arvizs_more_chains_than_draws_warning() -> None:
         with quiet_warnings():
             az.convert_to_dataset(short)
     assert not any("More chains" in str(w.message) for w in seen)
+
+
+def test_the_demo_run_is_trustworthy(demo_run: dict) -> None:
+    """No false alarm: the seeded demo (every check planned to pass) is not flagged."""
+    outcome = demo_run["outcome"]
+    assert outcome.trustworthy, outcome.untrusted
+    assert not outcome.errors and "(ok)" in outcome.summary_text
