@@ -79,7 +79,9 @@ def cmd_validate(args: argparse.Namespace, *, with_scores: bool = False) -> int:
         scores = pipeline.score_study(study, result.validation.responses)
         scores.write_parquet(study.out / "scores.parquet")
         print(f"scores: {scores.height:,} rows -> {study.out / 'scores.parquet'}")
-    return EXIT_QUARANTINED if result.validation.summary.quarantined else EXIT_OK
+    # quarantined rows, or a blocking file issue (an empty or header-only survey file)
+    needs = result.validation.summary.quarantined or result.needs_attention
+    return EXIT_QUARANTINED if needs else EXIT_OK
 
 
 # ---------------------------------------------------------------- run / demo

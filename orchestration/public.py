@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from orchestration.pipeline import Study, load_study, plan_path
+from orchestration.spec import load_study_spec
+
+if TYPE_CHECKING:  # the pipeline (pandera, instruments) is imported only where a study is read
+    from orchestration.pipeline import Study
 from privacy.figures import FigureSpec, PublicDeclaration, ReleasePlan, plan_release
 from privacy.files import write_atomic
 from privacy.ledger import LedgerError
@@ -145,7 +149,7 @@ def load_public_declaration(study: Study) -> tuple[PublicDeclaration, object]:
         No plan, no ``[privacy]``, or the plan is not sealed or deviated from its seal.
     """
     from models.plan import load_analysis_plan, verify_plan
-    from orchestration.pipeline import known_outcomes
+    from orchestration.pipeline import known_outcomes, plan_path
 
     if study.spec.privacy is None:
         raise NothingDeclared(f"{study.spec.spec_path}: no [privacy] section: no budget to spend")
@@ -257,6 +261,8 @@ def format_plan(plan: ReleasePlan, *, remaining: float | None = None) -> str:
 
 def dry_run(spec_path: Path | Study) -> str:
     """``flourish release --dry-run``: the plan of the next release, spending nothing."""
+    from orchestration.pipeline import Study, load_study
+
     study = spec_path if isinstance(spec_path, Study) else load_study(spec_path)
     decl, _ = load_public_declaration(study)
     plan = plan_release(decl)
@@ -280,6 +286,7 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
         or an unsealed plan; nothing was released.
     """
     from orchestration.keys import open_study_ledger
+    from orchestration.pipeline import Study, load_study
     from privacy.ledger import BudgetExceededError, LedgerIntegrityError, LedgerMissingError
     from privacy.release import release_public
     from privacy.table import build_public_table
@@ -375,25 +382,25 @@ def format_ledger(spec_path: Path) -> tuple[str, bool]:
     from orchestration.keys import open_study_ledger
     from privacy.ledger import LedgerMissingError
 
-    study = load_study(spec_path)
-    if study.spec.privacy is None:
+    spec = load_study_spec(spec_path)  # the spec alone: `ledger` imports no pipeline
+    if spec.privacy is None:
         return f"{spec_path}: no [privacy] section: no budget", True
-    anchors = collect_anchors(study.spec.output_path)
+    anchors = collect_anchors(spec.output_path)
     try:
-        ledger = open_study_ledger(study.spec, create=False)
+        ledger = open_study_ledger(spec, create=False)
     except LedgerMissingError:
-        if anchors or study.spec.ledger_anchor_path.exists():
-            where = ", ".join(sorted({a for a, _ in anchors})) or str(study.spec.ledger_anchor_path)
-            return (f"ledger {study.spec.ledger_path}: MISSING, but releases were published "
+        if anchors or spec.ledger_anchor_path.exists():
+            where = ", ".join(sorted({a for a, _ in anchors})) or str(spec.ledger_anchor_path)
+            return (f"ledger {spec.ledger_path}: MISSING, but releases were published "
                     f"under a ledger ({where}).\nThe ledger was deleted or moved: restore it from "
                     "backup (README, 'Recovering a refused ledger'). No release is possible "
                     "until then."), False
-        return (f"ledger {study.spec.ledger_path}: none yet; budget ε = "
-                f"{study.spec.privacy.epsilon:g}, nothing spent"), True
+        return (f"ledger {spec.ledger_path}: none yet; budget ε = "
+                f"{spec.privacy.epsilon:g}, nothing spent"), True
     check = ledger.verify(anchors)
     summary = ledger.summary()
     left = 0.0 if summary.remaining < 1e-9 else summary.remaining
-    lines = [f"ledger {study.spec.ledger_path}",
+    lines = [f"ledger {spec.ledger_path}",
              f"budget ε = {summary.budget:.4g}; spent {summary.spent:.4g}; "
              f"left {left:.4g}; {summary.n_releases} release suites",
              "verification: " + ("ok (keyed chain intact; extends every published head)"

@@ -98,27 +98,6 @@ def test_prereg_verify_detects_an_edit_and_effects_mark_it_deviated(demo_run: di
     assert set(registered["plan_status"]) == {"deviated"}
 
 
-def test_release_is_cached_then_refused_when_the_budget_is_spent(demo_run: dict,
-                                                                 tmp_path: Path) -> None:
-    study_dir = tmp_path / "study"
-    shutil.copytree(demo_run["study"].parent, study_dir)
-    spec = str(study_dir / "study.toml")
-    again = _flourish("release", spec)  # the run already released this data version
-    assert again.returncode == 0, again.stderr
-    assert "spent now 0" in again.stdout
-    scores_path = study_dir / "out" / "scores.parquet"
-    for expected in (0, 1):  # a new data version spends the remaining half; the next is refused
-        scores = pl.read_parquet(scores_path)
-        scores.slice(1).write_parquet(scores_path)
-        proc = _flourish("release", spec)
-        assert proc.returncode == expected, proc.stdout + proc.stderr
-        assert "Traceback" not in proc.stderr
-    assert "remain" in proc.stderr.lower()
-    ledger = _flourish("ledger", spec)
-    assert ledger.returncode == 0 and "intact" in ledger.stdout
-    assert "left 0" in ledger.stdout
-
-
 def test_unparseable_csv_names_the_file_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "survey").mkdir()
     (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,control\n")

@@ -322,3 +322,13 @@ def test_six_concurrent_releases_never_split_or_overspend(demo1000: dict, tmp_pa
     stored = StoredRelease.from_json(files[0].read_text())
     assert ledger.verify_stored(stored.stamp, stored.release.to_json())
     assert json.loads(files[0].read_text())["ledger"]["seq"] == 1
+
+
+def test_silently_changed_pseudonym_key_is_refused_not_respent(demo1000: dict,
+                                                               tmp_path: Path) -> None:
+    spec = _copy(demo1000, tmp_path)
+    key = spec.parent / "pseudonym.key"
+    key.write_text("cd" * 32 + "\n")  # another valid key, same responses
+    _second_version(spec)
+    text = _assert_refused(spec, _snapshot(spec.parent))
+    assert "pseudonym key" in text.lower()
