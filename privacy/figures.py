@@ -419,6 +419,8 @@ class PlannedFigure:
     """A figure's share of the budget and its expected accuracy, decided before any data.
 
     ``epsilon_needed`` is the smallest ε at which its expected margin meets its threshold.
+    For a withheld figure ``planned_margin`` is the margin at the ε that was left for it
+    (infinite when none was), which is wider than its threshold.
     """
 
     spec: FigureSpec
@@ -502,6 +504,7 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
     need = {f.id: _needed(f, decl) for f in decl.figures}
     eps: dict[str, float] = {}
     reasons: dict[str, str] = {}
+    available: dict[str, float] = {}  # ε a withheld figure could have had (its margin's basis)
     if isinstance(decl.split, str):
         order = sorted(decl.figures, key=lambda f: f.tier)  # stable: declaration order
         used = 0.0
@@ -510,6 +513,7 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
                 eps[f.id] = need[f.id]
                 used += need[f.id]
             else:
+                available[f.id] = max(decl.epsilon - used, 0.0)
                 reasons[f.id] = (
                     f"withheld: too uncertain at this privacy level (needs ε ≥ "
                     f"{need[f.id]:.3g} for a 95 % noise margin of at most {f.threshold:g} "
@@ -532,6 +536,7 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
                 eps = trial
                 break
             for f in missed:
+                available[f.id] = trial[f.id]
                 reasons[f.id] = (
                     f"withheld: too uncertain at this privacy level (its share ε "
                     f"{trial[f.id]:.3g} gives a 95 % noise margin wider than {f.threshold:g} "
@@ -543,10 +548,10 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
         if f.id in eps:
             planned.append(PlannedFigure(f, eps[f.id], need[f.id],
                                          planned_margin(f, decl, eps[f.id]), "released"))
-        else:
-            planned.append(PlannedFigure(f, 0.0, need[f.id],
-                                         planned_margin(f, decl, max(decl.epsilon, 1e-9)),
-                                         "withheld", reasons[f.id]))
+        else:  # the margin it would have had with the ε left for it (inf: none left)
+            left = available.get(f.id, 0.0)
+            margin = planned_margin(f, decl, left) if left > 0 else math.inf
+            planned.append(PlannedFigure(f, 0.0, need[f.id], margin, "withheld", reasons[f.id]))
     return ReleasePlan(decl, tuple(planned))
 
 

@@ -343,3 +343,10 @@ def test_breakdown_is_planned_at_its_smallest_category() -> None:
     alone = plan_release(_decl((replace(_by_country(), breakdown=None, categories=(),
                                         category_shares=()),), epsilon=1.0)).figures[0]
     assert skew.planned_margin > even > alone.planned_margin
+
+
+def test_withheld_figure_states_the_margin_it_would_have_had() -> None:
+    strict = _effect("swls.total", threshold=0.2, tier=2, role="secondary")
+    plan = plan_release(_decl((_effect(), strict), epsilon=1.0))
+    held = next(f for f in plan.figures if f.status == "withheld")
+    assert held.planned_margin > held.spec.threshold
