@@ -317,7 +317,7 @@ def compute_figure_table(release: DPRelease) -> pl.DataFrame:
         elif f.released:
             result = f"{len(f.values)} means (arm × wave)"
         rows.append({"figure": f.id, "role": f.role, "status": f.status, "epsilon": float(f.epsilon),
-                     "planned_margin": float(f.planned_margin), "threshold": float(f.threshold),
+                     "planned_margin": (None if f.planned_margin is None else float(f.planned_margin)), "threshold": float(f.threshold),
                      "result": result, "reason": f.reason})
     schema = {"figure": pl.String, "role": pl.String, "status": pl.String, "epsilon": pl.Float64,
               "planned_margin": pl.Float64, "threshold": pl.Float64, "result": pl.String,
