@@ -316,8 +316,9 @@ def compute_figure_table(release: DPRelease) -> pl.DataFrame:
                 result = f"{v['estimate']:+.2f} ({v['ci_low']:.2f} to {v['ci_high']:.2f})"
         elif f.released:
             result = f"{len(f.values)} means (arm × wave)"
+        margin = None if f.planned_margin is None else float(f.planned_margin)
         rows.append({"figure": f.id, "role": f.role, "status": f.status, "epsilon": float(f.epsilon),
-                     "planned_margin": (None if f.planned_margin is None else float(f.planned_margin)), "threshold": float(f.threshold),
+                     "planned_margin": margin, "threshold": float(f.threshold),
                      "result": result, "reason": f.reason})
     schema = {"figure": pl.String, "role": pl.String, "status": pl.String, "epsilon": pl.Float64,
               "planned_margin": pl.Float64, "threshold": pl.Float64, "result": pl.String,
