@@ -18,13 +18,17 @@ Decisions (each is a test in ``tests/instruments/test_validation.py``):
 - A blank participant id is ``missing_participant_id``; an id absent from the
   participants table (when one is given) is ``unknown_participant``.
 - A wave that is blank, not a whole number or negative is ``invalid_wave``; a timestamp
-  that cannot be parsed is ``invalid_timestamp``; a blank timestamp is allowed (null).
+  that cannot be parsed is ``invalid_timestamp`` (its quarantine row shows the column
+  ``timestamp`` and its text, not the item's); a blank timestamp is allowed (null).
   Timestamps are ISO 8601 (date, date + time, optional fraction, ``Z`` or ``±hh:mm``);
   naive times are read as UTC.
 - Among rows without any other defect, several rows for the same participant × wave ×
   item are duplicates: if their values differ (a blank differs from an answer) all are
   ``duplicate_conflict``; if identical, the first (reading order) is kept and the rest
   are ``duplicate_row``.
+- A row a reader could not read as a row of its file (passed as ``malformed``: too many
+  or too few fields, an unterminated quote, bytes not valid in the file's encoding) is
+  ``malformed_row`` (:data:`INGEST_REASONS`), counted as one input row.
 - A row with several defects is quarantined once, under its first reason in
   :data:`QUARANTINE_REASONS`, so that ``rows_in == accepted + quarantined`` always.
 
@@ -76,11 +80,11 @@ import pandera.polars as pa
 import polars as pl
 from pandera.config import ValidationDepth, config_context
 
+from instruments import schemas
 from instruments.definition import InstrumentLibrary
 from instruments.encoding import encode_integer_text, encode_text
 from instruments.schemas import (
     ITEM_CHECK_REASON,
-    QUARANTINE_REASONS,
     QuarantineReason,
     ResponsesSchema,
     build_item_schema,
@@ -88,6 +92,7 @@ from instruments.schemas import (
 
 __all__ = [
     "COERCION_KINDS",
+    "INGEST_REASONS",
     "QUARANTINE_REASONS",
     "CoercionKind",
     "QuarantineReason",
@@ -107,6 +112,13 @@ CoercionKind = Literal[
 ]
 #: Every coercion kind that validation reports.
 COERCION_KINDS: tuple[CoercionKind, ...] = get_args(CoercionKind)
+
+#: Reasons decided while a file is read, before its rows reach the raw long table: a CSV
+#: row that is not a row of the file (too many or too few fields, an unterminated quote,
+#: bytes not valid in the file's encoding). Such a row is quarantined whole.
+INGEST_REASONS: tuple[str, ...] = ("malformed_row",)
+#: Every quarantine reason: the ingest reasons, then validation's, in priority order.
+QUARANTINE_REASONS: tuple[str, ...] = (*INGEST_REASONS, *schemas.QUARANTINE_REASONS)
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
@@ -140,7 +152,7 @@ COERCION_COLUMNS: dict[str, pl.DataType] = {
     "example": pl.String(),
 }
 
-_PRIORITY: dict[str, int] = {r: i for i, r in enumerate(QUARANTINE_REASONS)}
+_PRIORITY: dict[str, int] = {r: i for i, r in enumerate(schemas.QUARANTINE_REASONS)}
 _INT32_MAX = 2**31 - 1
 _INTEGER_TEXT = r"^-?[0-9]+$"
 
@@ -505,6 +517,7 @@ def validate_responses(
     *,
     pseudonymise: Callable[[pl.Series], pl.Series] | None = None,
     survey_instruments: Mapping[str, Collection[str]] | None = None,
+    malformed: pl.DataFrame | None = None,
 ) -> ValidationResult:
     """Split the raw long table into valid responses and a quarantine with reasons.
 
@@ -530,6 +543,11 @@ def validate_responses(
         Per ``source`` (as in the raw table), the instruments that file administers; an item
         of another instrument is quarantined as ``instrument_not_in_survey``. Sources not
         named (or named with no instruments) accept every instrument of ``library``.
+    malformed
+        Rows a reader could not read as a row of their file (``source, row,
+        participant_id, wave, column, value``, :data:`orchestration.readers.MALFORMED_SCHEMA`):
+        each is one more input row, quarantined as ``malformed_row`` (its participant id
+        pseudonymised like the others).
 
     Returns
     -------
@@ -589,7 +607,7 @@ def validate_responses(
         }
     )
     failures = _item_failures(typed, library)
-    code = {r: pl.lit(_PRIORITY[r], dtype=pl.UInt8) for r in QUARANTINE_REASONS}
+    code = {r: pl.lit(i, dtype=pl.UInt8) for r, i in _PRIORITY.items()}
     domain_reason = (
         domain.with_columns(
             non_numeric=vmap["_non_numeric"].gather(domain["_v"]),
@@ -743,14 +761,23 @@ def validate_responses(
         bad = ~ok
         quarantine = (
             frame.filter(bad)
-            .select("source", "row", "participant_id", "wave", "column", "value")
+            .select("source", "row", "participant_id", "wave", "column", "value", "timestamp")
             .with_columns(
                 reason.filter(bad)  # type: ignore[union-attr]
                 .replace_strict(reason_names, return_dtype=pl.String)
                 .alias("reason")
             )
-            .cast(QUARANTINE_COLUMNS)
         )
+        if bad_ts is not None:  # a bad timestamp shows the timestamp, not the item's value
+            is_ts = pl.col("reason") == "invalid_timestamp"
+            quarantine = quarantine.with_columns(
+                pl.when(is_ts).then(pl.lit("timestamp")).otherwise("column").alias("column"),
+                pl.when(is_ts).then(pl.col("timestamp")).otherwise("value").alias("value"),
+            )
+        quarantine = quarantine.drop("timestamp").cast(QUARANTINE_COLUMNS)
+    if malformed is not None and malformed.height:
+        quarantine = _with_malformed(quarantine, malformed, frame["source"], pseudonymise)
+        rows_in += malformed.height
     coercions = _coercions(
         frame,  # not a select: on a many-chunk frame that rechunks (copies) every column
         ok,
@@ -800,6 +827,30 @@ def validate_responses(
         summary=summary,
         message=message,
         item_failures=failures_out,
+    )
+
+
+def _with_malformed(
+    quarantine: pl.DataFrame,
+    malformed: pl.DataFrame,
+    sources: pl.Series,
+    pseudonymise: Callable[[pl.Series], pl.Series] | None,
+) -> pl.DataFrame:
+    """The quarantine with the malformed rows added (``malformed_row``), in reading order."""
+    pid = malformed["participant_id"].cast(pl.String).str.strip_chars()
+    pid = pl.select(_blank_to_null(pl.lit(pid))).to_series()
+    bad = malformed.cast({c: t for c, t in QUARANTINE_COLUMNS.items() if c in malformed.columns})
+    bad = bad.with_columns(
+        (pseudonymise(pid) if pseudonymise else pid).alias("participant_id"),
+        pl.lit("malformed_row", dtype=pl.String).alias("reason"),
+    ).select(list(QUARANTINE_COLUMNS))
+    order = list(dict.fromkeys([*sources.unique(maintain_order=True), *bad["source"]]))
+    rank = {s: i for i, s in enumerate(order)}
+    return (
+        pl.concat([quarantine, bad])
+        .with_columns(pl.col("source").replace_strict(rank, return_dtype=pl.UInt32).alias("_o"))
+        .sort("_o", "row", maintain_order=True)
+        .drop("_o")
     )
 
 

@@ -17,7 +17,7 @@ from instruments.definition import InstrumentLibrary, load_library
 from instruments.scoring import score_responses
 from instruments.validation import ValidationResult, validate_responses
 from orchestration.keys import pseudonym_key
-from orchestration.readers import read_participants, read_surveys
+from orchestration.readers import read_participants, read_surveys, timestamp_issues
 from orchestration.spec import StudySpec, StudySpecError, load_study_spec
 from privacy.pseudonymise import drop_direct_identifiers, pseudonymise_ids, pseudonymise_series
 
@@ -105,18 +105,33 @@ def ingest_study(study: Study) -> IngestResult:
     # and pseudonymises the distinct ids; nothing downstream ever holds a raw id.
     validation = validate_responses(
         rows, participants, study.library, pseudonymise=pseudonymise,
-        survey_instruments=raw.instruments_by_source,
+        survey_instruments=raw.instruments_by_source, malformed=raw.malformed,
     )
     participants = keyed
     if raw.coercions is not None and raw.coercions.height:
         validation = validation.with_coercions(
             pl.concat([raw.coercions, validation.coercions], how="diagonal_relaxed")
         )
+    file_issues = pl.concat(
+        [raw.file_issues, timestamp_issues(raw, rows, validation.quarantine)]
+    )
+    # Participants' identifiers were dropped from the table; the surveys' (a Qualtrics
+    # export's IPAddress, RecipientEmail, ...) were never read. Both are reported.
+    participants_file = study.spec.participants.path
+    identifier_report = pl.concat(
+        [
+            identifiers.to_frame().select(
+                pl.lit(participants_file, dtype=pl.String).alias("source"), pl.all()
+            ),
+            raw.identifiers,
+        ],
+        how="vertical_relaxed",
+    )
     return IngestResult(
         validation=validation,
         participants=participants,
-        file_issues=raw.file_issues,
-        identifiers=identifiers.to_frame(),
+        file_issues=file_issues,
+        identifiers=identifier_report,
     )
 
 
@@ -155,6 +170,13 @@ def write_ingest_outputs(study: Study, result: IngestResult) -> dict[str, Path]:
     result.participants.write_parquet(paths["participants"])
     summary = dict(result.validation.summary_dict())
     summary["file_issues"] = result.file_issues.to_dicts()
+    ignored = result.file_issues.filter(pl.col("reason") == "ignored_column")
+    summary["ignored_columns"] = {
+        source: cols
+        for source, cols in ignored.group_by("source", maintain_order=True)
+        .agg(pl.col("column"))
+        .iter_rows()
+    }
     summary["identifiers_dropped"] = result.identifiers.to_dicts()
     paths["validation_summary"].write_text(json.dumps(summary, indent=2, default=str))
     return paths

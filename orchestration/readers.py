@@ -26,9 +26,13 @@ scanned lazily and cast to text; SPSS .sav and Stata .dta are read once with pyr
 
 from __future__ import annotations
 
+import codecs
+import csv
 import glob
+import io
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -37,8 +41,16 @@ import polars as pl
 from instruments.definition import InstrumentLibrary
 from instruments.validation import RAW_COLUMNS, RAW_SCHEMA  # noqa: F401 (re-exported)
 from orchestration.spec import FileFormat, StudySpec, SurveySpec
+from privacy.pseudonymise import identifier_kind_of_column
 
-FileIssueReason = Literal["empty_file", "no_data_rows", "no_timestamp_column", "ignored_column"]
+FileIssueReason = Literal[
+    "empty_file",
+    "no_data_rows",
+    "no_timestamp_column",
+    "ignored_column",
+    "malformed_rows",
+    "timestamps_not_parsed",
+]
 
 #: File issues that make ``validate`` exit non-zero: a survey file that holds no response.
 BLOCKING_FILE_ISSUES: tuple[FileIssueReason, ...] = ("empty_file", "no_data_rows")
@@ -113,6 +125,18 @@ class RawSurvey:
         Every file read, as reported in ``source``, in reading order.
     instruments_by_source
         For files of a survey that lists its ``instruments``: those ids, by ``source``.
+    malformed
+        CSV rows that could not be read as a row of the file (ragged, an unterminated
+        quote, bytes not valid in the file's encoding): ``source, row, participant_id,
+        wave, column, value`` (:data:`MALFORMED_SCHEMA`; ``column`` is ``"(row)"``,
+        ``value`` says what is wrong). Validation quarantines them as ``malformed_row``.
+    identifiers
+        Columns of the survey files that are direct identifiers by name (a Qualtrics
+        export's IPAddress, RecipientEmail, RecipientFirstName, LocationLatitude, ...):
+        never read, reported like ``drop_direct_identifiers`` does
+        (:data:`IDENTIFIER_SCHEMA`) instead of as ``ignored_column``.
+    timestamp_formats
+        ``[[survey]] timestamp_format`` by ``source`` (None: ISO 8601).
     """
 
     rows: pl.LazyFrame
@@ -120,6 +144,13 @@ class RawSurvey:
     coercions: pl.DataFrame
     files: list[str] = field(default_factory=list)
     instruments_by_source: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    malformed: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=MALFORMED_SCHEMA)
+    )
+    identifiers: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=IDENTIFIER_SCHEMA)
+    )
+    timestamp_formats: dict[str, str | None] = field(default_factory=dict)
 
 
 def _display(spec: StudySpec, path: Path) -> str:
@@ -192,20 +223,206 @@ def _text_columns(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.select(exprs)
 
 
+#: Delimiters recognised in a CSV header when ``[[survey]] delimiter`` is not set.
+SNIFFED_DELIMITERS: tuple[str, ...] = (",", ";", "\t")
+#: Column name of a malformed row's quarantine entry (the whole row is rejected).
+MALFORMED_COLUMN = "(row)"
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+#: A file with more undecodable rows than this share (and more than one) is refused: it is
+#: in another encoding, not damaged in a row or two.
+_MAX_UNDECODABLE_SHARE = 0.1
+
+
+@dataclass
+class _Csv:
+    """A CSV file as parsed: header, well-formed data rows, malformed rows, header rows."""
+
+    header: list[str]
+    frame: pl.DataFrame  # header names as written (all text) + __row
+    malformed: list[tuple[int, list[str], str]]  # (data row, fields, why)
+    skipped: pl.DataFrame  # the header rows under the column names (Qualtrics)
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """The delimiter of a CSV header line: the most frequent of ``,`` ``;`` tab (``,``)."""
+    counts = {d: header_line.count(d) for d in SNIFFED_DELIMITERS}
+    best = max(SNIFFED_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _decode(path: Path, data: bytes, encoding: str) -> tuple[str, str | None]:
+    """Text of the file (undecodable bytes as lone surrogates) and the first such byte."""
+    name = codecs.lookup(encoding).name
+    if name == "utf-8" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if data[:4] == b"PK\x03\x04" or (b"\x00" in data[:8192] and not name.startswith("utf-")):
+        raise IngestError(
+            path,
+            "binary content, not a text CSV file (an Excel workbook or another format?); "
+            "export it as CSV, or set format = 'parquet'|'sav'|'dta' for those files",
+        )
+    try:
+        return data.decode(encoding), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        where = (
+            f"byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}) is not "
+            f"valid {encoding}"
+        )
+        return data.decode(encoding, errors="surrogateescape"), where
+
+
+def _encoding_hint(encoding: str) -> str:
+    other = "latin-1" if codecs.lookup(encoding).name == "utf-8" else "utf-8"
+    return (
+        f"if the file was saved in another encoding, set encoding = \"{other}\" "
+        "(or \"cp1252\", ...) in its [[survey]]"
+    )
+
+
+def _records(lines: list[str], delimiter: str):  # noqa: ANN202 - a generator of tuples
+    """``(fields, why)`` per CSV record; ``why`` is None unless it cannot be parsed.
+
+    A record that cannot be parsed (a quote left open, text after a closing quote) is
+    yielded with the fields of its first line as far as they go and why, and reading
+    resumes on the next line, so one bad quote costs one row, not the rest of the file.
+    """
+    start = 0
+    while start < len(lines):
+        reader = csv.reader(iter(lines[start:]), delimiter=delimiter, strict=True)
+        consumed = 0
+        try:
+            for rec in reader:
+                consumed = reader.line_num
+                yield rec, None
+            return
+        except csv.Error as exc:
+            why = str(exc).strip()
+            if "end of data" in why:
+                why = "a quoted field is never closed (unterminated quote)"
+            bad_line = lines[start + consumed] if start + consumed < len(lines) else ""
+            fields = next(csv.reader([bad_line.rstrip("\r\n")], delimiter=delimiter), [])
+            yield fields or [""], f"cannot parse the row: {why}"
+            start += consumed + 1
+
+
+def read_csv_text(
+    path: Path,
+    *,
+    header_rows: int = 1,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+) -> _Csv | None:
+    """Parse a CSV file row by row, keeping well-formed rows and setting aside the rest.
+
+    A data row is *malformed* when it cannot be parsed (an unterminated quote), has more or
+    fewer fields than the header, or holds bytes that are not valid in ``encoding``; it is
+    returned in ``malformed`` with its 1-based data row and why, and the other rows are
+    kept. Blank lines are skipped. None for an empty file.
+
+    Raises
+    ------
+    IngestError
+        The file cannot be read at all: binary content, a header that cannot be parsed or
+        decoded, more than one undecodable row and over 10 % of the rows (another
+        encoding: the message names the first bad byte, its offset and the ``encoding``
+        option), or every data row malformed.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(path, f"cannot read: {exc}") from None
+    text, bad_byte = _decode(path, data, encoding)
+    lines = io.StringIO(text, newline="").readlines()
+    if not any(line.strip() for line in lines):
+        return None
+    first = next(line for line in lines if line.strip())
+    delim = delimiter or sniff_delimiter(first)
+    header: list[str] | None = None
+    skipped: list[list[str]] = []
+    good: list[list[str]] = []
+    rows: list[int] = []
+    malformed: list[tuple[int, list[str], str]] = []
+    undecodable = 0
+    row = 0
+    for rec, why in _records(lines, delim):
+        if not rec:
+            continue  # a blank line
+        if header is None:
+            if why is not None or (bad_byte and any(_UNDECODABLE.search(f) for f in rec)):
+                raise IngestError(
+                    path,
+                    f"cannot read the header: {why or bad_byte}"
+                    + ("" if why is not None else f"; {_encoding_hint(encoding)}"),
+                )
+            header = rec
+            continue
+        if len(skipped) < header_rows - 1:
+            skipped.append(rec)
+            continue
+        row += 1
+        if why is not None:
+            malformed.append((row, rec, why))
+        elif bad_byte and any(_UNDECODABLE.search(f) for f in rec):
+            undecodable += 1
+            malformed.append((row, [], f"bytes that are not valid {encoding}"))
+        elif len(rec) != len(header):
+            malformed.append(
+                (row, rec, f"{len(rec)} fields where the header has {len(header)}")
+            )
+        else:
+            good.append(rec)
+            rows.append(row)
+    assert header is not None
+    if undecodable > 1 and undecodable > _MAX_UNDECODABLE_SHARE * row:
+        raise IngestError(
+            path,
+            f"not valid {encoding} text: {bad_byte}; {undecodable} of {row} data rows have "
+            f"such bytes — {_encoding_hint(encoding)}",
+        )
+    if row and len(malformed) == row:
+        r, _, why = malformed[0]
+        raise IngestError(
+            path,
+            f"every data row is malformed (row {r}: {why}); is the delimiter "
+            f"{delim!r} right? set delimiter = \";\" (or \",\", \"\\t\") in its [[survey]]",
+        )
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise IngestError(path, f"duplicate column names {dup}")
+
+    def frame(records: list[list[str]], index: list[int]) -> pl.DataFrame:
+        cols = list(zip(*records, strict=True)) if records else [()] * len(header)
+        df = pl.DataFrame(
+            {h: pl.Series(h, c, dtype=pl.String) for h, c in zip(header, cols, strict=True)}
+        )
+        df = df.select(pl.when(pl.col(h).str.len_bytes() > 0).then(pl.col(h)).alias(h)
+                       for h in header)
+        return df.with_columns(pl.Series(_ROW, index, dtype=pl.UInt32)).select(
+            _ROW, *header
+        )
+
+    ok_skipped = [r for r in skipped if len(r) == len(header)]
+    return _Csv(header, frame(good, rows), malformed, frame(ok_skipped, [0] * len(ok_skipped)))
+
+
 def _scan_file(path: Path, fmt: FileFormat, header_rows: int) -> pl.LazyFrame | None:
-    """A lazy all-text frame with a 1-based ``__row`` column; None when the file is empty."""
+    """A lazy all-text frame with a 1-based ``__row`` column; None when the file is empty.
+
+    A CSV file with a malformed row is refused (participants); survey files are read with
+    :func:`read_csv_text`, which sets such rows aside instead.
+    """
     if path.stat().st_size == 0:
         return None
     try:
         if fmt == "csv":
-            return pl.scan_csv(
-                path,
-                infer_schema=False,
-                skip_rows_after_header=header_rows - 1,
-                row_index_name=_ROW,
-                row_index_offset=1,
-                missing_utf8_is_empty_string=False,
-            )
+            parsed = read_csv_text(path, header_rows=header_rows)
+            if parsed is None:
+                return None
+            if parsed.malformed:
+                r, _, why = parsed.malformed[0]
+                raise IngestError(path, f"malformed row {r}: {why}")
+            return parsed.frame.lazy()
         if fmt == "parquet":
             lf = pl.scan_parquet(path).with_row_index(_ROW, offset=1)
             return _text_columns(lf)
@@ -222,11 +439,33 @@ def _scan_file(path: Path, fmt: FileFormat, header_rows: int) -> pl.LazyFrame | 
         raise IngestError(path, f"cannot read as {fmt}: {exc}") from None
 
 
+#: Quarantine entries of malformed rows, before validation adds ``reason``.
+MALFORMED_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "row": pl.Int64(),
+    "participant_id": pl.String(),
+    "wave": pl.String(),
+    "column": pl.String(),
+    "value": pl.String(),
+}
+
+IDENTIFIER_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "column": pl.String(),
+    "kind": pl.String(),
+    "n_values": pl.Int64(),
+    "action": pl.String(),
+    "detected_by": pl.String(),
+}
+
+
 @dataclass
 class _FileRead:
     rows: pl.LazyFrame | None
     issues: list[dict[str, object]]
     coercions: list[dict[str, object]]
+    malformed: pl.DataFrame | None = None
+    identifiers: list[dict[str, object]] = field(default_factory=list)
 
 
 def _issue(source: str, column: str | None, reason: FileIssueReason, detail: str) -> dict:
@@ -274,6 +513,7 @@ def _check_layout(
     cols: set[str],
     items: list[str],
     origin: dict[str, str],
+    skipped: pl.DataFrame | None = None,
 ) -> None:
     """Refuse a wide/qualtrics file whose columns or header rows say it has another layout.
 
@@ -307,10 +547,8 @@ def _check_layout(
     elif expected == "qualtrics":
         # The two header rows under the column names (question text, ImportId) were
         # skipped; read them back: if every item cell is a number they were responses.
-        try:
-            skipped = pl.read_csv(path, infer_schema=False, n_rows=2)
-        except pl.exceptions.PolarsError:
-            return  # the scan itself reports what is wrong with the file
+        if skipped is None:
+            return
         sources = {origin[i] for i in items}
         item_cells = [
             v.strip() for c in skipped.columns if c.strip() in sources
@@ -341,7 +579,16 @@ def _read_one(
     header_rows = 3 if survey.layout == "qualtrics" else 1
     if survey.layout == "qualtrics" and fmt != "csv":
         raise IngestError(path, "layout 'qualtrics' needs a CSV export (format = 'csv')")
-    lf = _scan_file(path, fmt, header_rows)
+    parsed: _Csv | None = None
+    if fmt == "csv":
+        if path.stat().st_size:
+            parsed = read_csv_text(
+                path, header_rows=header_rows, encoding=survey.encoding,
+                delimiter=survey.delimiter,
+            )
+        lf = None if parsed is None else parsed.frame.lazy()
+    else:
+        lf = _scan_file(path, fmt, header_rows)
     if lf is None:
         return _FileRead(None, [_issue(source, None, "empty_file", "the file has 0 bytes")], [])
     lf, origin, coercions = _normalise_header(lf, source, path, survey.columns)
@@ -365,6 +612,8 @@ def _read_one(
             path, f"no wave column '{wave_col}'; set wave = N or wave_column in [[survey]]"
         )
     ts_expr = pl.col("timestamp") if "timestamp" in cols else pl.lit(None, dtype=pl.String)
+    if survey.timestamp_format is not None and "timestamp" in cols:
+        ts_expr = _reformat_timestamps(ts_expr, survey.timestamp_format)
     used |= {"participant_id", "timestamp"}
 
     base = [
@@ -401,7 +650,8 @@ def _read_one(
         known = {it.id for inst in library for it in inst.items}
         items = [c for c in origin if c not in used and (c in known or ITEM_ID_PATTERN.match(c))]
         used |= set(items)
-        _check_layout(path, survey, lf, cols, items, origin)
+        _check_layout(path, survey, lf, cols, items, origin,
+                      None if parsed is None else parsed.skipped)
         melted = lf.select(*base, *[pl.col(c) for c in items]).unpivot(
             on=items,
             index=["source", "row", "participant_id", "wave", "timestamp"],
@@ -421,8 +671,21 @@ def _read_one(
             .replace_strict({c: origin[c] for c in items}, return_dtype=pl.String)
             .alias("column"),
         )
+    identifiers: list[dict[str, object]] = []
     for c in origin:
-        if c not in used:
+        kind = identifier_kind_of_column(origin[c]) if c not in used else None
+        if kind is not None:
+            identifiers.append(
+                {
+                    "source": source,
+                    "column": origin[c],
+                    "kind": kind,
+                    "n_values": lf.select(pl.col(c).count()).collect().item(),
+                    "action": "dropped_column",
+                    "detected_by": "name",
+                }
+            )
+        elif c not in used:
             issues.append(
                 _issue(
                     source,
@@ -444,11 +707,72 @@ def _read_one(
             _issue(source, None, "no_timestamp_column",
                    "no 'timestamp' column; its responses have no timestamp (null)")
         )
-    if lf.head(1).collect().height == 0:
+    malformed = _malformed_rows(source, survey, parsed, origin)
+    if malformed.height:
+        listed = ", ".join(
+            f"{r} ({v})" for r, v in malformed.select("row", "value").head(5).iter_rows()
+        )
+        more = f" and {malformed.height - 5} more" if malformed.height > 5 else ""
+        issues.append(
+            _issue(source, None, "malformed_rows",
+                   f"{malformed.height} malformed row(s) quarantined as malformed_row: "
+                   f"row {listed}{more}")
+        )
+    elif lf.head(1).collect().height == 0:
         issues.append(_issue(source, None, "no_data_rows", "a header but no data rows"))
     return _FileRead(
-        out.select([pl.col(c).cast(t) for c, t in RAW_SCHEMA.items()]), issues, coercions
+        out.select([pl.col(c).cast(t) for c, t in RAW_SCHEMA.items()]), issues, coercions,
+        malformed, identifiers,
     )
+
+
+def _malformed_rows(
+    source: str, survey: SurveySpec, parsed: _Csv | None, origin: dict[str, str]
+) -> pl.DataFrame:
+    """Quarantine entries (:data:`MALFORMED_SCHEMA`) for the rows a CSV reader set aside.
+
+    ``participant_id`` and ``wave`` are taken from their place in the header when the row
+    has that many fields (they may be wrong in a row with a field too many); ``value``
+    says what is wrong with the row, never its text.
+    """
+    if parsed is None or not parsed.malformed:
+        return pl.DataFrame(schema=MALFORMED_SCHEMA)
+    position = {h.strip(): i for i, h in enumerate(parsed.header)}
+    pid_at = position.get(origin.get("participant_id", ""))
+    wave_at = None if survey.wave is not None else position.get(
+        origin.get(survey.wave_column or "wave", "")
+    )
+
+    def cell(fields: list[str], at: int | None) -> str | None:
+        return fields[at] if at is not None and at < len(fields) and fields[at] else None
+
+    recs = [
+        {
+            "source": source,
+            "row": r,
+            "participant_id": cell(fields, pid_at),
+            "wave": str(survey.wave) if survey.wave is not None else cell(fields, wave_at),
+            "column": MALFORMED_COLUMN,
+            "value": why,
+        }
+        for r, fields, why in parsed.malformed
+    ]
+    return pl.DataFrame(recs, schema=MALFORMED_SCHEMA)
+
+
+def _reformat_timestamps(text: pl.Expr, fmt: str) -> pl.Expr:
+    """Timestamps written in ``fmt`` rewritten in ISO 8601.
+
+    UTC with ``Z`` when ``fmt`` has an offset; a text that ``fmt`` does not parse is kept
+    as written, so that validation quarantines it as ``invalid_timestamp``.
+    """
+    if "%z" in fmt or "%:z" in fmt:
+        parsed = text.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
+        iso = parsed.dt.replace_time_zone(None).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ")
+    else:
+        parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+        iso = parsed.dt.to_string("%Y-%m-%dT%H:%M:%S%.f")
+    return pl.coalesce(iso, text)
 
 
 def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
@@ -484,6 +808,9 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
     coercions: list[dict[str, object]] = []
     files: list[str] = []
     by_source: dict[str, tuple[str, ...]] = {}
+    malformed: list[pl.DataFrame] = []
+    identifiers: list[dict[str, object]] = []
+    formats: dict[str, str | None] = {}
     for survey in spec.survey:
         for path in expand_paths(spec, survey.path):
             try:
@@ -496,6 +823,10 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
                 by_source[files[-1]] = tuple(survey.instruments)
             issues += got.issues
             coercions += got.coercions
+            identifiers += got.identifiers
+            formats[files[-1]] = survey.timestamp_format
+            if got.malformed is not None and got.malformed.height:
+                malformed.append(got.malformed)
             if got.rows is not None:
                 frames.append(got.rows)
     rows = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=RAW_SCHEMA)
@@ -505,7 +836,59 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
         coercions=pl.DataFrame(coercions, schema=COERCION_SCHEMA),
         files=files,
         instruments_by_source=by_source,
+        malformed=pl.concat(malformed) if malformed else pl.DataFrame(schema=MALFORMED_SCHEMA),
+        identifiers=pl.DataFrame(identifiers, schema=IDENTIFIER_SCHEMA),
+        timestamp_formats=formats,
     )
+
+
+#: Layouts tried on an example timestamp to suggest a ``timestamp_format``.
+_FORMAT_GUESSES: tuple[str, ...] = (
+    "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M",
+    "%d/%m/%Y", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y", "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d %H:%M", "%Y/%m/%d", "%m/%d/%y %H:%M", "%m/%d/%y", "%d-%m-%Y %H:%M", "%d-%m-%Y",
+)
+
+
+def guess_timestamp_format(example: str) -> str | None:
+    """The first of a few common layouts (US first) that parses ``example``, or None."""
+    for fmt in _FORMAT_GUESSES:
+        try:
+            datetime.strptime(example.strip(), fmt)
+        except ValueError:
+            continue
+        return fmt
+    return None
+
+
+def timestamp_issues(raw: RawSurvey, rows: pl.DataFrame, quarantine: pl.DataFrame) -> pl.DataFrame:
+    """``timestamps_not_parsed`` file issues: files where most timestamps did not parse.
+
+    ``rows`` is the raw long table, ``quarantine`` validation's (bad timestamps show the
+    ``timestamp`` column and its text). The detail gives an example and a
+    ``timestamp_format`` that reads it, when one of a few common layouts does.
+    """
+    bad = quarantine.filter(pl.col("reason") == "invalid_timestamp")
+    if bad.height == 0:
+        return pl.DataFrame(schema=FILE_ISSUE_SCHEMA)
+    stamped = (
+        rows.filter(pl.col("timestamp").is_not_null()).group_by("source").agg(pl.len().alias("n"))
+    )
+    counts = bad.group_by("source", maintain_order=True).agg(
+        pl.len().alias("bad"), pl.col("value").first().alias("example")
+    ).join(stamped, on="source", how="left")
+    out = []
+    for source, n_bad, example, n in counts.iter_rows():
+        if not n or n_bad * 2 <= n:
+            continue
+        declared = raw.timestamp_formats.get(source)
+        guess = guess_timestamp_format(example or "")
+        detail = f"{n_bad} of {n} rows have a timestamp that is not "
+        detail += f"in timestamp_format {declared!r}" if declared else "ISO 8601 (2024-03-15T09:30:00)"
+        detail += f", e.g. {example!r}; set timestamp_format = "
+        detail += f"\"{guess}\"" if guess else "\"%m/%d/%Y %H:%M\" (a strftime format)"
+        out.append(_issue(source, "timestamp", "timestamps_not_parsed", detail + " in its [[survey]]"))
+    return pl.DataFrame(out, schema=FILE_ISSUE_SCHEMA)
 
 
 def read_participants(spec: StudySpec) -> pl.DataFrame:

@@ -8,6 +8,7 @@ Keys are those of ``DESIGN.md`` (public) plus those pinned in ``docs/contracts.m
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import os
 import re
@@ -66,7 +67,10 @@ class SurveySpec(_Strict):
     """One ``[[survey]]`` source: a file or glob in one layout.
 
     ``wave`` (a constant for every row of the file) and ``wave_column`` are mutually
-    exclusive; with neither, the column ``wave`` is read. ``columns`` renames source
+    exclusive; with neither, the column ``wave`` is read. ``encoding`` (default utf-8, a
+    BOM is skipped), ``delimiter`` (default: sniffed from the header among ``,`` ``;``
+    tab) and ``timestamp_format`` (a strftime format; default ISO 8601) describe CSV
+    files. ``columns`` renames source
     columns (after header whitespace is stripped) to a canonical name
     (:data:`CANONICAL_COLUMNS`) or an item id — this is how a Qualtrics export's
     ``Q3_1`` or ``ExternalReference`` is mapped.
@@ -79,11 +83,29 @@ class SurveySpec(_Strict):
     wave: int | None = Field(default=None, ge=0)
     wave_column: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+    timestamp_format: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SurveySpec:
         if self.wave is not None and self.wave_column is not None:
             raise ValueError("give either 'wave' (a constant) or 'wave_column', not both")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {self.encoding!r} (e.g. 'utf-8', 'latin-1', 'cp1252')"
+            ) from None
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
+            raise ValueError(
+                f"delimiter must be one character such as ',', ';' or '\\t', not {self.delimiter!r}"
+            )
+        if self.timestamp_format is not None and "%" not in self.timestamp_format:
+            raise ValueError(
+                f"timestamp_format is a strftime format such as '%m/%d/%Y %H:%M', "
+                f"not {self.timestamp_format!r}"
+            )
         targets = list(self.columns.values())
         dup = sorted({t for t in targets if targets.count(t) > 1})
         if dup:

@@ -182,6 +182,27 @@ def _kind_by_name(column: str) -> IdentifierKind | None:
     return None
 
 
+#: Survey-export columns that locate a respondent (Qualtrics LocationLatitude/Longitude).
+_LOCATION_TOKENS = frozenset({"latitude", "longitude", "geolocation", "gps"})
+
+
+def identifier_kind_of_column(column: str) -> str | None:
+    """The kind of direct identifier a column's *name* says it holds, or None.
+
+    The name detector of :func:`drop_direct_identifiers` (email, phone, name, ip_address)
+    plus ``location`` (latitude/longitude). Survey readers use it to report the columns
+    they never read because they identify a respondent (a Qualtrics export's IPAddress,
+    RecipientEmail, RecipientFirstName, LocationLatitude, ...).
+
+    >>> [identifier_kind_of_column(c) for c in ("IPAddress", "LocationLatitude", "Q1_1")]
+    ['ip_address', 'location', None]
+    """
+    kind = _kind_by_name(column)
+    if kind is None and _name_tokens(column) & _LOCATION_TOKENS:
+        return "location"
+    return kind
+
+
 _EMAIL_IN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"
 _IPV4_IN = (
     r"\b(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

@@ -127,9 +127,11 @@ def test_each_defect_kind(library, row, reason):
     res = validate_responses(raw({}, row), None, library)
     assert reasons(res) == [reason]
     q = res.quarantine.row(0, named=True)
-    assert q["row"] == 2 and q["source"] == "s.csv" and q["column"] == "value"
-    # the value is reported as written
-    assert q["value"] == row.get("value", "3")
+    assert q["row"] == 2 and q["source"] == "s.csv"
+    if reason == "invalid_timestamp":  # the timestamp's column and text, not the item's
+        assert (q["column"], q["value"]) == ("timestamp", row["timestamp"])
+    else:  # the value is reported as written
+        assert q["column"] == "value" and q["value"] == row.get("value", "3")
     assert res.responses["row"].to_list() == [1]
     check_accounting(res)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from orchestration.cli import main
@@ -83,3 +84,67 @@ def test_header_only_survey_file_makes_validate_exit_3(tmp_path, capsys) -> None
     code, out, _ = _validate(spec, capsys)
     assert "no_data_rows" in out
     assert code == 3
+
+
+# --- input that is hard to get wrong (issue 13 part 3) ---------------------------------
+
+def _summary(spec: Path) -> dict:
+    return json.loads((spec.parent / "out" / "validation_summary.json").read_text())
+
+
+def test_ragged_row_is_quarantined_by_row_and_the_rest_kept(tmp_path, capsys) -> None:
+    spec = _study(tmp_path / "s", survey=LONG + "P2,0,2024-01-01T09:00:00,who5,who5_2,4,9\n"
+                  + "P1,0,2024-01-01T09:00:00,who5,who5_2,2\n")
+    code, out, err = _validate(spec, capsys)
+    assert code == 3, err
+    assert "malformed_row" in out and "malformed_rows" in out and "(adds up)" in out
+    summary = _summary(spec)
+    assert (summary["rows_in"], summary["accepted"], summary["quarantined"]) == (4, 3, 1)
+    quarantine = pl.read_csv(spec.parent / "out" / "quarantine.csv")
+    assert quarantine.select("source", "row", "column", "reason").rows() == [
+        ("survey/wave_0.csv", 3, "(row)", "malformed_row")]
+    assert quarantine["value"].item() == "7 fields where the header has 6"
+    assert quarantine["participant_id"].item() != "P2"  # pseudonymised like any other row
+
+
+def test_file_in_another_encoding_exits_2_naming_file_and_option(tmp_path, capsys) -> None:
+    text = LONG.replace("P1", "Pé").replace("P2", "Pè") * 3
+    spec = _study(tmp_path / "s")
+    (spec.parent / "survey" / "wave_0.csv").write_bytes(text.encode("latin-1"))
+    code, _, err = _validate(spec, capsys)
+    assert code == 2
+    assert "wave_0.csv" in err and "byte offset" in err and 'encoding = "latin-1"' in err
+    assert "invalid utf-8 sequence" not in err and "Traceback" not in err
+
+
+def test_us_timestamps_hint_at_timestamp_format(tmp_path, capsys) -> None:
+    spec = _study(tmp_path / "s", survey=LONG.replace("2024-01-01T09:00:00", "01/31/2024 09:00"))
+    code, out, _ = _validate(spec, capsys)
+    assert code == 3 and "timestamps_not_parsed" in out
+    issue = [i for i in _summary(spec)["file_issues"] if i["reason"] == "timestamps_not_parsed"]
+    assert issue[0]["column"] == "timestamp"
+    assert "'01/31/2024 09:00'" in issue[0]["detail"]
+    assert 'timestamp_format = "%m/%d/%Y %H:%M"' in issue[0]["detail"]
+    quarantine = pl.read_csv(spec.parent / "out" / "quarantine.csv")
+    assert set(quarantine.select("column", "value").rows()) == {("timestamp", "01/31/2024 09:00")}
+
+
+def test_semicolon_csv_reads(tmp_path, capsys) -> None:
+    spec = _study(tmp_path / "s", survey=LONG.replace(",", ";"))
+    code, _, err = _validate(spec, capsys)
+    assert code == 0, err
+    assert _summary(spec)["accepted"] == 2
+
+
+def test_ignored_and_identifier_columns_are_named(tmp_path, capsys) -> None:
+    wide = ("participant_id,wave,timestamp,IPAddress,RecipientEmail,Status,who5_1\n"
+            "P1,0,2024-01-01T09:00:00,10.0.0.1,a@b.org,0,3\n"
+            "P2,0,2024-01-01T09:00:00,10.0.0.2,c@d.org,0,4\n")
+    spec = _study(tmp_path / "s", survey=wide, layout="wide")
+    code, _, err = _validate(spec, capsys)
+    assert code == 0, err
+    summary = _summary(spec)
+    assert summary["ignored_columns"] == {"survey/wave_0.csv": ["Status"]}
+    dropped = {(i["source"], i["column"], i["kind"]) for i in summary["identifiers_dropped"]}
+    assert dropped == {("survey/wave_0.csv", "IPAddress", "ip_address"),
+                       ("survey/wave_0.csv", "RecipientEmail", "email")}

@@ -384,3 +384,132 @@ def test_dirty_demo_study_matches_its_injected_truth(tmp_path):
         (truth["empty_file"]["file"], "no_data_rows"),
         (truth["zero_byte_file"]["file"], "empty_file"),
     }
+
+
+# --- input that is hard to get wrong (issue 13) ----------------------------------------
+
+HEAD = "participant_id,wave,timestamp,instrument,item,value\n"
+
+
+def _one_file(tmp_path: Path, content: bytes | str, extra: str = "", name: str = "s.csv"):
+    data = content.encode() if isinstance(content, str) else content
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,a\nP2,b\n")
+    return make_spec(tmp_path, survey(name, extra=extra))
+
+
+def test_malformed_rows_are_quarantined_by_row_and_the_rest_kept(tmp_path, library):
+    spec = _one_file(
+        tmp_path,
+        HEAD
+        + "P1,0,,who5,who5_1,3\n"
+        + "P1,0,,who5,who5_2,4,extra\n"  # row 2: a field too many
+        + "P1,0,,who5\n"  # row 3: fields missing
+        + 'P1,0,,who5,who5_4,"5\n'  # row 4: a quote never closed
+        + "P2,0,,who5,who5_1,2\n",
+    )
+    raw = read_surveys(spec, library)
+    assert collect(raw)["row"].to_list() == [1, 5]
+    assert raw.malformed.select("source", "row", "participant_id", "column").rows() == [
+        ("s.csv", 2, "P1", "(row)"), ("s.csv", 3, "P1", "(row)"), ("s.csv", 4, "P1", "(row)")]
+    whys = raw.malformed["value"].to_list()
+    assert whys[0] == "7 fields where the header has 6"
+    assert whys[1] == "4 fields where the header has 6"
+    assert "unterminated quote" in whys[2]
+    assert raw.file_issues.filter(pl.col("reason") == "malformed_rows")["detail"].item().startswith(
+        "3 malformed row(s) quarantined as malformed_row: row 2 (7 fields")
+    res = validate_responses(raw.rows, None, library, malformed=raw.malformed)
+    assert res.quarantine.select("row", "reason").rows() == [(r, "malformed_row") for r in (2, 3, 4)]
+    s = res.summary
+    assert (s.rows_in, s.accepted, s.quarantined) == (5, 2, 3)
+    assert s.by_reason["malformed_row"] == 3
+
+
+def test_one_invalid_byte_quarantines_its_row(tmp_path, library):
+    body = (HEAD + "P1,0,,who5,who5_1,3\n").encode() + b"P1,0,,who5,who5_2,4\xff\n"
+    spec = _one_file(tmp_path, body + b"P2,0,,who5,who5_1,2\n")
+    raw = read_surveys(spec, library)
+    assert collect(raw)["row"].to_list() == [1, 3]
+    assert raw.malformed.select("row", "value").rows() == [(2, "bytes that are not valid utf-8")]
+
+
+def test_a_file_in_another_encoding_names_file_offset_and_the_option(tmp_path, library):
+    rows = "".join(f"P{i},0,,who5,who5_1,3\n" for i in range(1, 5))
+    text = HEAD.replace("value", "valeur_é") + rows  # header itself not utf-8
+    spec = _one_file(tmp_path, text.encode("latin-1"))
+    with pytest.raises(IngestError) as err:
+        read_surveys(spec, library)
+    assert err.value.file.endswith("s.csv")
+    assert "byte 0xe9 at byte offset 53 (line 1)" in err.value.message
+    assert 'encoding = "latin-1"' in err.value.message
+    # many latin-1 rows (not only the header): same, naming the option
+    body = HEAD + "".join(f"P{i},0,,who5,who5_1,3\n" for i in range(3)) + "Pé,0,,who5,who5_1,3\n" * 2
+    spec = _one_file(tmp_path, body.encode("latin-1"))
+    with pytest.raises(IngestError, match=r"2 of 5 data rows .*encoding = \"latin-1\""):
+        read_surveys(spec, library)
+    spec = _one_file(tmp_path, body.encode("latin-1"), extra='encoding = "latin-1"')
+    assert collect(read_surveys(spec, library))["participant_id"].to_list()[-1] == "Pé"
+
+
+def test_a_utf8_bom_is_skipped(tmp_path, library):
+    spec = _one_file(tmp_path, b"\xef\xbb\xbf" + (HEAD + "P1,0,,who5,who5_1,3\n").encode())
+    assert collect(read_surveys(spec, library))["participant_id"].to_list() == ["P1"]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", ","])
+def test_delimiter_is_sniffed(tmp_path, library, delimiter):
+    text = (HEAD + 'P1,0,2024-01-01T09:00:00,who5,who5_1,"3,5"\n').replace(",", delimiter)
+    spec = _one_file(tmp_path, text)
+    df = collect(read_surveys(spec, library))
+    assert df.select("participant_id", "item", "value").rows() == [("P1", "who5_1", "3" + delimiter + "5")]
+
+
+def test_delimiter_option_overrides_the_sniffing(tmp_path, library):
+    # a header with more commas than semicolons, but the file is semicolon-separated
+    text = "participant_id;wave;timestamp;instrument;item;value,with,commas\nP1;0;;who5;who5_1;3\n"
+    spec = _one_file(tmp_path, text, extra='delimiter = ";"\n[survey.columns]\n"value,with,commas" = "value"')
+    assert collect(read_surveys(spec, library))["value"].to_list() == ["3"]
+
+
+def test_every_row_malformed_is_an_ingest_error_naming_the_delimiter(tmp_path, library):
+    text = HEAD + "P1;0;;who5;who5_1;3\nP2;0;;who5;who5_1;3\n"
+    spec = _one_file(tmp_path, text)
+    with pytest.raises(IngestError, match=r"every data row is malformed.*delimiter"):
+        read_surveys(spec, library)
+
+
+def test_timestamp_format_option(tmp_path, library):
+    text = HEAD + "P1,0,03/15/2024 09:30,who5,who5_1,3\nP2,0,15/03/2024 09:30,who5,who5_1,3\n"
+    spec = _one_file(tmp_path, text, extra='timestamp_format = "%m/%d/%Y %H:%M"')
+    raw = read_surveys(spec, library)
+    res = validate_responses(raw.rows, None, library)
+    assert res.responses["timestamp"].to_list() == [
+        dt.datetime(2024, 3, 15, 9, 30, tzinfo=dt.UTC)]
+    # the text the format does not read is quarantined as written, under its own column
+    assert res.quarantine.select("row", "column", "value", "reason").rows() == [
+        (2, "timestamp", "15/03/2024 09:30", "invalid_timestamp")]
+
+
+def test_timestamp_format_with_an_offset_is_utc(tmp_path, library):
+    text = HEAD + "P1,0,15.03.2024 09:30 +0200,who5,who5_1,3\n"
+    spec = _one_file(tmp_path, text, extra='timestamp_format = "%d.%m.%Y %H:%M %z"')
+    res = validate_responses(read_surveys(spec, library).rows, None, library)
+    assert res.responses["timestamp"].to_list() == [dt.datetime(2024, 3, 15, 7, 30, tzinfo=dt.UTC)]
+
+
+def test_survey_identifier_columns_are_reported_not_ignored(tmp_path, library):
+    text = ("participant_id,wave,IPAddress,RecipientEmail,RecipientFirstName,LocationLatitude,"
+            "Status,who5_1\nP1,0,10.0.0.1,a@b.org,Ann,52.1,0,3\nP2,0,,,,,0,4\n")
+    spec = _one_file(tmp_path, text)
+    (tmp_path / "study.toml").write_text(
+        (tmp_path / "study.toml").read_text().replace('layout = "long"', 'layout = "wide"'))
+    spec = load_study_spec(tmp_path / "study.toml")
+    raw = read_surveys(spec, library)
+    assert raw.identifiers.select("source", "column", "kind", "n_values").rows() == [
+        ("s.csv", "IPAddress", "ip_address", 1),
+        ("s.csv", "RecipientEmail", "email", 1),
+        ("s.csv", "RecipientFirstName", "name", 1),
+        ("s.csv", "LocationLatitude", "location", 1),
+    ]
+    ignored = raw.file_issues.filter(pl.col("reason") == "ignored_column")["column"].to_list()
+    assert ignored == ["Status"]

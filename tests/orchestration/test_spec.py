@@ -285,3 +285,25 @@ def test_an_output_linked_out_of_output_dir_is_refused(tmp_path: Path) -> None:
     (link.parent / "elsewhere").symlink_to(tmp_path / "disk", target_is_directory=True)
     assert load_study_spec(link).output_dir == "elsewhere"
     assert victim.read_text() == "mine"
+
+
+def test_survey_csv_options_are_read(tmp_path):
+    text = MINIMAL + 'encoding = "latin-1"\ndelimiter = ";"\ntimestamp_format = "%m/%d/%Y"\n'
+    s = load_study_spec(write(tmp_path, text)).survey[0]
+    assert (s.encoding, s.delimiter, s.timestamp_format) == ("latin-1", ";", "%m/%d/%Y")
+    s = load_study_spec(write(tmp_path, MINIMAL)).survey[0]
+    assert (s.encoding, s.delimiter, s.timestamp_format) == ("utf-8", None, None)
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ('encoding = "utf-9"', "unknown encoding"),
+        ('delimiter = ";;"', "one character"),
+        ('timestamp_format = "MM/DD/YYYY"', "strftime"),
+    ],
+)
+def test_bad_survey_csv_options_name_the_key(tmp_path, line, what):
+    with pytest.raises(StudySpecError, match=what) as err:
+        load_study_spec(write(tmp_path, MINIMAL + line + "\n"))
+    assert "survey.0" in str(err.value)
