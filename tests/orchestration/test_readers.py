@@ -513,3 +513,16 @@ def test_survey_identifier_columns_are_reported_not_ignored(tmp_path, library):
     ]
     ignored = raw.file_issues.filter(pl.col("reason") == "ignored_column")["column"].to_list()
     assert ignored == ["Status"]
+
+
+def test_fast_and_row_by_row_csv_paths_agree(tmp_path):
+    from orchestration.readers import read_csv_text
+
+    text = (HEAD + 'P1,0,,who5,who5_1," 3"\nP1,0,2024-01-01,who5,"who5,2",\n'
+            + 'P2, 0 ,,who5,who5_1,""\nP2,0,,who5,who5_2,"say ""4"""\n')
+    (tmp_path / "ok.csv").write_text(text)
+    (tmp_path / "bad.csv").write_text(text + "P3,0\n")  # a short row: row by row
+    fast, slow = read_csv_text(tmp_path / "ok.csv"), read_csv_text(tmp_path / "bad.csv")
+    assert not fast.malformed and [m[0] for m in slow.malformed] == [5]
+    assert fast.frame.rows() == slow.frame.rows()
+    assert fast.frame["value"].to_list() == [" 3", None, None, 'say "4"']
