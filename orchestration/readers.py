@@ -40,7 +40,7 @@ import polars as pl
 
 from instruments.definition import InstrumentLibrary
 from instruments.validation import RAW_COLUMNS, RAW_SCHEMA  # noqa: F401 (re-exported)
-from orchestration.spec import FileFormat, StudySpec, SurveySpec
+from orchestration.spec import StudySpec, SurveyFormat, SurveySpec
 from privacy.pseudonymise import identifier_kind_of_column
 
 FileIssueReason = Literal[
@@ -79,8 +79,10 @@ COERCION_SCHEMA: dict[str, pl.DataType] = {
     "example": pl.String(),
 }
 
-_SUFFIX_FORMAT: dict[str, FileFormat] = {
+_SUFFIX_FORMAT: dict[str, SurveyFormat] = {
     ".csv": "csv",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".sav": "sav",
@@ -180,13 +182,13 @@ def expand_paths(spec: StudySpec, pattern: str) -> list[Path]:
     return [target]
 
 
-def _format_of(path: Path, override: FileFormat | None) -> FileFormat:
+def _format_of(path: Path, override: SurveyFormat | None) -> SurveyFormat:
     if override is not None:
         return override
     fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
     if fmt is None:
         raise IngestError(
-            path, f"unknown file format '{path.suffix}'; set format = csv|parquet|sav|dta"
+            path, f"unknown file format '{path.suffix}'; set format = csv|parquet|sav|dta|xlsx"
         )
     return fmt
 
@@ -259,7 +261,7 @@ def _decode(path: Path, data: bytes, encoding: str) -> tuple[str, str | None]:
         raise IngestError(
             path,
             "binary content, not a text CSV file (an Excel workbook or another format?); "
-            "export it as CSV, or set format = 'parquet'|'sav'|'dta' for those files",
+            "name it .xlsx or set format = 'xlsx' (or 'parquet'|'sav'|'dta') in its [[survey]]",
         )
     try:
         return data.decode(encoding), None
@@ -413,6 +415,80 @@ def read_csv_text(
 _QUOTED = r'"(?:[^"]|"")*"'
 
 
+def _cell_text(value: object) -> str | None:
+    """An Excel cell as text: integral numbers without ``.0``, dates in ISO 8601."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 2**53:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep="T")
+    if hasattr(value, "isoformat"):  # date, time
+        return value.isoformat()  # type: ignore[no-any-return]
+    return str(value)
+
+
+def read_xlsx(path: Path, *, header_rows: int = 1) -> _Csv | None:
+    """The first sheet of an Excel workbook (.xlsx/.xlsm, read with openpyxl) as text.
+
+    As :func:`read_csv_text`: the first non-blank row is the header, blank rows are
+    skipped, data rows are numbered from 1; a row with a value beyond the last named
+    column is malformed. Cached formula results are read, not formulas. None when the
+    sheet is empty.
+    """
+    import zipfile
+
+    from openpyxl import load_workbook  # local: only studies with workbooks pay the import
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except (OSError, zipfile.BadZipFile, InvalidFileException, KeyError, ValueError) as exc:
+        raise IngestError(path, f"cannot read as xlsx: {exc}") from None
+    try:
+        rows = [
+            [_cell_text(v) for v in r] for r in book.worksheets[0].iter_rows(values_only=True)
+        ]
+    finally:
+        book.close()
+    rows = [r for r in rows if any(v is not None for v in r)]
+    if not rows:
+        return None
+    header_cells = list(rows[0])
+    while header_cells and header_cells[-1] is None:
+        header_cells.pop()
+    header = [h or "" for h in header_cells]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise IngestError(path, f"duplicate column names {dup}")
+    width = len(header)
+    skipped = [r[:width] + [None] * (width - len(r)) for r in rows[1:header_rows]]
+    good: list[list[str | None]] = []
+    index: list[int] = []
+    malformed: list[tuple[int, list[str], str]] = []
+    for row, r in enumerate(rows[header_rows:], start=1):
+        if any(v is not None for v in r[width:]):
+            malformed.append(
+                (row, [v or "" for v in r], "a value beyond the last named column")
+            )
+            continue
+        good.append(r[:width] + [None] * (width - len(r)))
+        index.append(row)
+
+    def frame(records: list[list[str | None]], idx: list[int]) -> pl.DataFrame:
+        cols = list(zip(*records, strict=True)) if records else [()] * width
+        df = pl.DataFrame(
+            [pl.Series(h, c, dtype=pl.String) for h, c in zip(header, cols, strict=True)]
+        )
+        return df.with_columns(pl.Series(_ROW, idx, dtype=pl.UInt32)).select(_ROW, *header)
+
+    return _Csv(header, frame(good, index), malformed, frame(skipped, [0] * len(skipped)))
+
+
 def _read_well_formed(text: str, header_rows: int, delimiter: str | None) -> _Csv | None:
     """The fast path of :func:`read_csv_text`: polars' reader when every row is well formed.
 
@@ -459,7 +535,7 @@ def _read_well_formed(text: str, header_rows: int, delimiter: str | None) -> _Cs
     return _Csv(header, data, [], df.head(skip).with_columns(pl.lit(0, pl.UInt32).alias(_ROW)))
 
 
-def _scan_file(path: Path, fmt: FileFormat, header_rows: int) -> pl.LazyFrame | None:
+def _scan_file(path: Path, fmt: SurveyFormat, header_rows: int) -> pl.LazyFrame | None:
     """A lazy all-text frame with a 1-based ``__row`` column; None when the file is empty.
 
     A CSV file with a malformed row is refused (participants); survey files are read with
@@ -468,8 +544,8 @@ def _scan_file(path: Path, fmt: FileFormat, header_rows: int) -> pl.LazyFrame | 
     if path.stat().st_size == 0:
         return None
     try:
-        if fmt == "csv":
-            parsed = read_csv_text(path, header_rows=header_rows)
+        if fmt in ("csv", "xlsx"):
+            parsed = (read_csv_text if fmt == "csv" else read_xlsx)(path, header_rows=header_rows)
             if parsed is None:
                 return None
             if parsed.malformed:
@@ -630,11 +706,15 @@ def _read_one(
     source = _display(spec, path)
     fmt = _format_of(path, survey.format)
     header_rows = 3 if survey.layout == "qualtrics" else 1
-    if survey.layout == "qualtrics" and fmt != "csv":
-        raise IngestError(path, "layout 'qualtrics' needs a CSV export (format = 'csv')")
+    if survey.layout == "qualtrics" and fmt not in ("csv", "xlsx"):
+        raise IngestError(
+            path, "layout 'qualtrics' needs a CSV or Excel export (format = 'csv'|'xlsx')"
+        )
     parsed: _Csv | None = None
-    if fmt == "csv":
-        if path.stat().st_size:
+    if fmt in ("csv", "xlsx"):
+        if path.stat().st_size and fmt == "xlsx":
+            parsed = read_xlsx(path, header_rows=header_rows)
+        elif path.stat().st_size:
             parsed = read_csv_text(
                 path, header_rows=header_rows, encoding=survey.encoding,
                 delimiter=survey.delimiter,

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 SurveyLayout = Literal["long", "wide", "qualtrics"]
 FileFormat = Literal["csv", "parquet", "sav", "dta"]
+#: Survey files may also be Excel workbooks (their first sheet).
+SurveyFormat = Literal["csv", "parquet", "sav", "dta", "xlsx"]
 
 #: Canonical column names a ``[survey.columns]`` rename may target besides item ids.
 CANONICAL_COLUMNS: tuple[str, ...] = (
@@ -79,7 +81,7 @@ class SurveySpec(_Strict):
     path: str
     layout: SurveyLayout = "long"
     instruments: list[str] = Field(default_factory=list)
-    format: FileFormat | None = None
+    format: SurveyFormat | None = None
     wave: int | None = Field(default=None, ge=0)
     wave_column: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)

@@ -526,3 +526,39 @@ def test_fast_and_row_by_row_csv_paths_agree(tmp_path):
     assert not fast.malformed and [m[0] for m in slow.malformed] == [5]
     assert fast.frame.rows() == slow.frame.rows()
     assert fast.frame["value"].to_list() == [" 3", None, None, 'say "4"']
+
+
+def test_xlsx_survey_first_sheet_as_text(tmp_path, library):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["participant_id", "wave", "timestamp", "who5_1", "who5_2"])
+    sheet.append(["P1", 0, dt.datetime(2024, 3, 15, 9, 30), 3, 4.0])
+    sheet.append([None, None, None, None, None])  # a blank row is skipped
+    sheet.append(["P2", 0, None, 2.5, None])
+    sheet.append(["P2", 1, None, 1, 2, "stray"])  # a value beyond the last named column
+    book.save(tmp_path / "s.xlsx")
+    (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,a\nP2,b\n")
+    spec = make_spec(tmp_path, survey("s.xlsx", "wide"))
+    raw = read_surveys(spec, library)
+    df = collect(raw).sort("row", "item")
+    assert df.select("row", "participant_id", "wave", "timestamp", "item", "value").rows() == [
+        (1, "P1", "0", "2024-03-15T09:30:00", "who5_1", "3"),
+        (1, "P1", "0", "2024-03-15T09:30:00", "who5_2", "4"),
+        (2, "P2", "0", None, "who5_1", "2.5"),
+        (2, "P2", "0", None, "who5_2", None),
+    ]
+    assert raw.malformed.select("row", "participant_id", "wave", "value").rows() == [
+        (3, "P2", "1", "a value beyond the last named column")]
+    res = validate_responses(raw.rows, None, library, malformed=raw.malformed)
+    assert res.summary.rows_in == res.summary.accepted + res.summary.quarantined == 5
+
+
+def test_a_file_that_is_not_a_workbook_is_an_ingest_error(tmp_path, library):
+    spec = _one_file(tmp_path, "not a workbook", name="s.xlsx")
+    with pytest.raises(IngestError, match="cannot read as xlsx"):
+        read_surveys(spec, library)
+    spec = _one_file(tmp_path, b"PK\x03\x04rest of a zip", name="s.csv")
+    with pytest.raises(IngestError, match="binary content.*format = 'xlsx'"):
+        read_surveys(spec, library)
