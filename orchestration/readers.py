@@ -18,8 +18,13 @@ reaches validation as ``unknown_item`` instead of vanishing. Every other column 
 reported as an ``ignored_column`` file issue. A file whose columns or header rows say it
 has another layout than the survey's ``layout`` is refused (:class:`IngestError`).
 
-CSV is scanned lazily with ``infer_schema=False`` (every cell stays text); Parquet is
-scanned lazily and cast to text; SPSS .sav and Stata .dta are read once with pyreadstat
+CSV files are decoded in their ``[[survey]] encoding`` and split on their ``delimiter``
+(sniffed from the header when not set); every cell stays text. A file whose rows are all
+well formed is read by polars; one with a malformed row (ragged, an unterminated quote,
+bytes not valid in the encoding) is parsed row by row and the malformed rows are set aside
+(``RawSurvey.malformed``, quarantined as ``malformed_row``) with the rest kept. Excel
+workbooks are read from their first sheet with openpyxl. Parquet is scanned lazily and
+cast to text; SPSS .sav and Stata .dta are read once with pyreadstat
 (pandas) and converted to polars. Integral floats from typed formats become ``"5"``, not
 ``"5.0"``, because the float type is the format's, not the respondent's.
 """
@@ -932,9 +937,11 @@ def read_surveys(spec: StudySpec, library: InstrumentLibrary) -> RawSurvey:
         participant id or wave column, duplicate column names, a layout mismatch (a
         wide/qualtrics file without any item column, a long file without item/value, a
         Qualtrics export read as wide or a plain wide file read as qualtrics), a file
-        without a timestamp column in a study with telemetry. Empty files, files with a
-        header only and files without a timestamp column are *not* errors: they are
-        reported in ``file_issues``.
+        without a timestamp column in a study with telemetry, a CSV file that cannot be
+        read at all (binary, an unreadable header, another encoding than declared, every
+        row malformed; see :func:`read_csv_text`). Empty files, files with a header only,
+        files without a timestamp column and malformed rows are *not* errors: they are
+        reported in ``file_issues`` (and ``malformed``).
     """
     frames: list[pl.LazyFrame] = []
     issues: list[dict[str, object]] = []
