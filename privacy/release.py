@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import opendp.prelude as dp
@@ -157,7 +159,18 @@ class CompiledSuite:
         return float(sum(q.epsilon for q in self.queries))
 
     def draw(self, frame: pl.DataFrame) -> tuple[DPFigure, ...]:
-        """Draw every figure's noise over the participant-level table; withheld ones stay empty."""
+        """Draw every figure's noise over the participant-level table; withheld ones stay empty.
+
+        The table goes to OpenDP as a scan of a temporary Arrow IPC file: OpenDP serialises
+        its input plan across its FFI, and a scan serialises as a path where an in-memory
+        frame serialises as all of its bytes (seconds at 10^5-10^6 rows).
+        """
+        with tempfile.TemporaryDirectory(prefix="flourish-dp-") as tmp:
+            path = Path(tmp) / "public_table.arrow"
+            frame.write_ipc(path)
+            return self._draw(pl.scan_ipc(path))
+
+    def _draw(self, source: pl.LazyFrame) -> tuple[DPFigure, ...]:
         decl = self.plan.declaration
         by_id = {q.planned.spec.id: q for q in self.queries}
         out = []
@@ -173,7 +186,7 @@ class CompiledSuite:
             if q is None:
                 out.append(DPFigure(**common, epsilon=0.0, status="withheld", reason=pf.reason))
                 continue
-            data = frame.lazy().select("arm", *q.groups,
+            data = source.select("arm", *q.groups,
                                        *[e.alias(n) for n, e in q.columns.items()])
             noisy = q.measurement(data).collect()
             kind = FIGURE_KINDS[s.kind]
