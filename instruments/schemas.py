@@ -22,6 +22,7 @@ import polars as pl
 from instruments.definition import InstrumentLibrary
 
 QuarantineReason = Literal[
+    "malformed_row",  # a CSV row that cannot be parsed (quarantined by the reader, whole)
     "missing_participant_id",
     "invalid_wave",
     "invalid_timestamp",

@@ -118,7 +118,7 @@ COERCION_KINDS: tuple[CoercionKind, ...] = get_args(CoercionKind)
 #: bytes not valid in the file's encoding). Such a row is quarantined whole.
 INGEST_REASONS: tuple[str, ...] = ("malformed_row",)
 #: Every quarantine reason: the ingest reasons, then validation's, in priority order.
-QUARANTINE_REASONS: tuple[str, ...] = (*INGEST_REASONS, *schemas.QUARANTINE_REASONS)
+QUARANTINE_REASONS: tuple[str, ...] = schemas.QUARANTINE_REASONS  # ingest reasons included
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),

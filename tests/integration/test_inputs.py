@@ -105,6 +105,9 @@ def test_ragged_row_is_quarantined_by_row_and_the_rest_kept(tmp_path, capsys) ->
         ("survey/wave_0.csv", 3, "(row)", "malformed_row")]
     assert quarantine["value"].item() == "7 fields where the header has 6"
     assert quarantine["participant_id"].item() != "P2"  # pseudonymised like any other row
+    from instruments.schemas import QuarantineSchema
+
+    QuarantineSchema.validate(pl.read_parquet(spec.parent / "out" / "quarantine.parquet"))
 
 
 def test_file_in_another_encoding_exits_2_naming_file_and_option(tmp_path, capsys) -> None:
