@@ -858,11 +858,18 @@ def build_analysis_plan(
         "hypotheses": hypotheses,
         # What the public report may show, sealed with the plan: the primary outcome and
         # each Flourish domain separately (a profile, not the collapsed index), WHO-5's
-        # trajectory by arm; retention is the demo's planned attrition (8 % a wave).
+        # trajectory by arm; retention is the share expected to have a WHO-5 total at the last
+        # wave: the planned attrition (8 % a wave) times all five items answered. The
+        # primary effect's and the trajectory's usefulness is 4 points (not the default 5,
+        # half the MID): the published margins divide by noisy counts and the effect's
+        # interval adds sampling error, and both should stay well inside 5 points and 2.5x
+        # the non-private interval.
         "public": {
             "outcomes": ["who5.total", *(f"flourish12.{d}" for d in domains)],
             "trajectories": ["who5.total"],
-            "expected_retention": round((1.0 - config.dropout_hazard) ** final, 2),
+            "usefulness": {"effect:who5.total@4": 4.0, "means:who5.total": 4.0},
+            "expected_retention": round((1.0 - config.dropout_hazard) ** final
+                                        * (1.0 - config.item_missing_rate) ** 5, 2),
         },
     }
 
