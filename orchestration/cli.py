@@ -339,8 +339,16 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return _fail("interrupted", EXIT_FAILED)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings meant for the user (a weak ε, say) as one line, without a source excerpt."""
+    print(f"flourish: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flourish`` console script."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         code = _dispatch(argv)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
