@@ -98,7 +98,8 @@ def test_prereg_verify_detects_an_edit_and_effects_mark_it_deviated(demo_run: di
     assert set(registered["plan_status"]) == {"deviated"}
 
 
-def test_unparseable_csv_names_the_file_without_traceback(tmp_path: Path) -> None:
+def test_ragged_csv_row_is_quarantined_by_row_without_traceback(tmp_path: Path) -> None:
+    """One ragged row no longer rejects the file: it is quarantined by its row (exit 3)."""
     (tmp_path / "survey").mkdir()
     (tmp_path / "participants.csv").write_text("participant_id,arm\nP1,control\n")
     (tmp_path / "survey" / "w0.csv").write_text(
@@ -110,8 +111,8 @@ def test_unparseable_csv_names_the_file_without_traceback(tmp_path: Path) -> Non
         'path = "survey/*.csv"\nlayout = "long"\ninstruments = ["who5"]\n'
     )
     proc = _flourish("validate", str(tmp_path / "study.toml"))
-    assert proc.returncode == 2
-    assert "w0.csv" in proc.stderr and "cannot parse" in proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "malformed_row" in proc.stdout and "2 = 1 + 1 (adds up)" in proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
 
 

@@ -125,6 +125,12 @@ def _semicolons(study: Path) -> None:
     p.write_text(p.read_text().replace(",", ";"))
 
 
+def _no_id_column(study: Path) -> None:
+    p = study / "participants.csv"
+    text = p.read_text()
+    p.write_text(text.replace("participant_id", "pid", 1))
+
+
 def _no_plan(study: Path) -> None:
     (study / "analysis_plan.yaml").unlink()
 
@@ -133,8 +139,8 @@ def _no_telemetry(study: Path) -> None:
     shutil.rmtree(study / "telemetry")
 
 
-@pytest.mark.parametrize("mistake", [_no_arm, _semicolons, _no_plan, _no_telemetry],
-                         ids=["no-arm-column", "semicolon-csv", "missing-plan",
+@pytest.mark.parametrize("mistake", [_no_arm, _no_id_column, _no_plan, _no_telemetry],
+                         ids=["no-arm-column", "no-id-column", "missing-plan",
                               "missing-telemetry-folder"])
 def test_user_mistake_prints_validates_message_exit_2_and_no_stale_summary(
         mistake, tiny_ran: Path, tmp_path: Path, capsys) -> None:
@@ -191,3 +197,13 @@ def test_the_demo_run_is_trustworthy(demo_run: dict) -> None:
     outcome = demo_run["outcome"]
     assert outcome.trustworthy, outcome.untrusted
     assert not outcome.errors and "(ok)" in outcome.summary_text
+
+
+def test_semicolon_participants_file_is_read_not_a_mistake(tiny_ran: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    """The delimiter is sniffed (issue 13 part 3), so a semicolon export runs like a comma one."""
+    study = _copy(tiny_ran, tmp_path, with_outputs=False)
+    _semicolons(study)
+    code, out, err = _run(study, capsys)
+    assert code == 0, out + err
+
