@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,16 +25,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.browser
-def test_dashboard_pages_in_headless_chromium(demo_run: dict) -> None:
-    from playwright.sync_api import sync_playwright
-
+@contextlib.contextmanager
+def _dashboard(study: Path):  # noqa: ANN202 - a generator context manager
+    """A Streamlit server on a free loopback port for ``study``; yields the port."""
     port = _free_port()
     app = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        env={**os.environ, "FLOURISH_STUDY": str(demo_run["study"])},
+        env={**os.environ, "FLOURISH_STUDY": str(study)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     ARTIFACTS.mkdir(exist_ok=True)
@@ -44,6 +44,17 @@ def test_dashboard_pages_in_headless_chromium(demo_run: dict) -> None:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.mark.browser
+def test_dashboard_pages_in_headless_chromium(demo_run: dict) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with _dashboard(demo_run["study"]) as port:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -55,9 +66,6 @@ def test_dashboard_pages_in_headless_chromium(demo_run: dict) -> None:
                 page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
                 assert page.get_by_role("heading", name=heading).count() >= 1
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def _launch(p):  # noqa: ANN001, ANN202 - playwright objects
@@ -103,22 +111,7 @@ def test_dashboard_public_page_in_headless_chromium(demo_run: dict) -> None:
     """The Public results page draws the verified release: headline and profile images."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    app = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        env={**os.environ, "FLOURISH_STUDY": str(demo_run["study"])},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
+    with _dashboard(demo_run["study"]) as port:
         with sync_playwright() as p:
             browser = _launch(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -133,6 +126,3 @@ def test_dashboard_public_page_in_headless_chromium(demo_run: dict) -> None:
             assert page.locator(".flourish-public .profile .row").count() >= 6
             assert page.locator('.flourish-public img[src^="data:image/svg+xml"]').count() >= 6
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=20)

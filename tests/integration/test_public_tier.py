@@ -162,15 +162,20 @@ def _assert_refused(spec: Path, before: dict[str, bytes], *words: str) -> str:
     return text
 
 
-def _with_budget(demo: dict, tmp_path: Path, epsilon: float) -> Path:
-    """A copy whose ledger is fresh with a larger budget: room for a second suite."""
-    spec = _copy(demo, tmp_path)
-    d = spec.parent
+def _never_released(d: Path) -> None:
+    """Make a copied study one that has never released: no ledger, no anchors, no files."""
     for name in ("privacy_ledger.sqlite", "privacy_ledger.sqlite-wal", "privacy_ledger.sqlite-shm",
                  "privacy_ledger.anchor.json"):
         (d / name).unlink(missing_ok=True)
     shutil.rmtree(d / "out" / "releases", ignore_errors=True)
     (d / "out" / "report" / "index.html").unlink(missing_ok=True)
+
+
+def _with_budget(demo: dict, tmp_path: Path, epsilon: float) -> Path:
+    """A copy whose ledger is fresh with a larger budget: room for a second suite."""
+    spec = _copy(demo, tmp_path)
+    d = spec.parent
+    _never_released(d)
     text = spec.read_text().replace("epsilon = 3.0", f"epsilon = {epsilon}")
     spec.write_text(text)
     import yaml
@@ -278,11 +283,7 @@ def test_six_concurrent_releases_never_split_or_overspend(demo1000: dict, tmp_pa
     suite: exactly one is charged, the others are refused (exit 1) and every file verifies."""
     spec = _copy(demo1000, tmp_path)
     d = spec.parent
-    for name in ("privacy_ledger.sqlite", "privacy_ledger.sqlite-wal", "privacy_ledger.sqlite-shm",
-                 "privacy_ledger.anchor.json"):
-        (d / name).unlink(missing_ok=True)
-    shutil.rmtree(d / "out" / "releases", ignore_errors=True)
-    (d / "out" / "report" / "index.html").unlink(missing_ok=True)
+    _never_released(d)
     scores = pl.read_parquet(d / "out" / "scores.parquet")
     specs = []
     for k in range(6):  # six output folders sharing the study's ledger: six data versions
