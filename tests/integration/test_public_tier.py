@@ -113,8 +113,7 @@ def test_release_is_served_then_a_new_data_version_is_refused(demo1000: dict, tm
     again = _flourish("release", str(spec))
     assert again.returncode == 0, again.stderr
     assert "(cached)" in again.stdout and "spent now 0" in again.stdout
-    scores_path = spec.parent / "out" / "scores.parquet"
-    pl.read_parquet(scores_path).slice(1).write_parquet(scores_path)
+    _second_version(spec)
     before = _snapshot(spec.parent)
     refused = _flourish("release", str(spec))
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -144,9 +143,14 @@ def test_new_pseudonym_key_over_the_same_responses_spends_nothing(demo1000: dict
 # ---------------------------------------------------------------------- ledger attacks
 
 
-def _second_version(spec: Path) -> None:
+def _second_version(spec: Path, k: int = 0) -> None:
+    """A new data version: drop one scored WHO-5 total (a null score is not public data,
+    so dropping one of those would leave the data version, rightly, unchanged)."""
     scores_path = spec.parent / "out" / "scores.parquet"
-    pl.read_parquet(scores_path).slice(3).write_parquet(scores_path)
+    scores = pl.read_parquet(scores_path).with_row_index("_i")
+    counted = scores.filter((pl.col("scale") == "total") & pl.col("score").is_not_null())
+    drop = counted["_i"][k]
+    scores.filter(pl.col("_i") != drop).drop("_i").write_parquet(scores_path)
 
 
 def _assert_refused(spec: Path, before: dict[str, bytes], *words: str) -> str:
@@ -289,7 +293,10 @@ def test_six_concurrent_releases_never_split_or_overspend(demo1000: dict, tmp_pa
     for k in range(6):  # six output folders sharing the study's ledger: six data versions
         out_k = d / f"out{k}"
         shutil.copytree(d / "out", out_k)
-        scores.slice(k + 1).write_parquet(out_k / "scores.parquet")
+        counted = scores.with_row_index("_i").filter(
+            (pl.col("scale") == "total") & pl.col("score").is_not_null())["_i"]
+        scores.with_row_index("_i").filter(pl.col("_i") != counted[k]).drop("_i").write_parquet(
+            out_k / "scores.parquet")
         s = d / f"study{k}.toml"
         s.write_text(spec.read_text().replace('output_dir = "out"', f'output_dir = "out{k}"'))
         specs.append(s)
