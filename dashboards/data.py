@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from privacy.ledger import LedgerSummary
-from privacy.objects import DPRelease, StoredRelease
+from privacy.objects import DPRelease, StoredRelease, verify_release_files
 
 if TYPE_CHECKING:
     from orchestration.spec import StudySpec
@@ -200,8 +200,8 @@ class PublicView:
         return self.releases[-1] if self.releases else None
 
 
-def _release_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.json")) if folder.exists() else []
+def _releases_folder(spec: StudySpec) -> Path:
+    return spec.output_path / "releases"
 
 
 def _open_ledger(spec: StudySpec) -> Any:
@@ -231,7 +231,8 @@ def load_public_releases(spec: StudySpec, *, ledger: Any = None) -> PublicView:
     """
     from privacy import ledger as ledger_mod
 
-    files = _release_files(spec.output_path / "releases")
+    folder = _releases_folder(spec)
+    files = sorted(folder.glob("*.json"))
     missing_error = getattr(ledger_mod, "LedgerMissingError", FileNotFoundError)
     if ledger is None:
         try:
@@ -255,27 +256,7 @@ def load_public_releases(spec: StudySpec, *, ledger: Any = None) -> PublicView:
         return PublicView([], [(str(p), "the privacy ledger failed its integrity check")
                                for p in files], summary,
                           f"the privacy ledger failed its integrity check{detail}")
-    good: list[StoredRelease] = []
-    rejected: list[tuple[str, str]] = []
-    for path in files:
-        try:
-            stored = StoredRelease.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            rejected.append((str(path), f"not a stored Flourish release ({exc})"))
-            continue
-        try:
-            ok = bool(ledger.verify_stored(stored.stamp, stored.release.to_json()))
-        except (ledger_mod.LedgerError, ValueError, KeyError) as exc:
-            ok, why = False, f"cannot be checked against the ledger ({exc})"
-        else:
-            why = "its ledger stamp does not verify (not charged, or edited after release)"
-        if not ok:
-            rejected.append((str(path), why))
-            continue
-        good.append(stored)
-    good.sort(key=lambda s: s.stamp.seq)
-    seen: set[str] = set()
-    unique = [s for s in good if not (s.release.release_id in seen or seen.add(s.release.release_id))]
+    unique, rejected = verify_release_files(folder, ledger)
     return PublicView(unique, rejected, summary, None)
 
 

@@ -15,6 +15,8 @@ gives different pseudonyms and ledger keys in different studies. Keys never go i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from orchestration.spec import StudySpec
 from privacy.keys import StudyKey, load_study_key
 from privacy.ledger import (
@@ -29,19 +31,21 @@ PSEUDONYM_ENV_DEFAULT = "FLOURISH_PSEUDONYM_KEY"
 LEDGER_ENV_DEFAULT = "FLOURISH_LEDGER_KEY"
 PSEUDONYM_KEY_FILE = "pseudonym.key"
 LEDGER_KEY_FILE = "ledger.key"
+_DEFAULTS = {"pseudonym": (PSEUDONYM_ENV_DEFAULT, PSEUDONYM_KEY_FILE),
+             "ledger": (LEDGER_ENV_DEFAULT, LEDGER_KEY_FILE)}
 
 
-def _pseudonym_key(spec: StudySpec, *, create: bool) -> StudyKey:
+def _study_key(spec: StudySpec, purpose: Literal["pseudonym", "ledger"], *,
+               create: bool) -> StudyKey:
+    """The spec's named sources for ``purpose``, then its defaults (one loader for both)."""
     p = spec.privacy
+    env = getattr(p, f"{purpose}_key_env", None) if p is not None else None
+    named = getattr(p, f"{purpose}_key_file", None) if p is not None else None
+    default_env, default_file = _DEFAULTS[purpose]
     return load_study_key(
-        purpose="pseudonym",
-        study_id=spec.study_key_id,
-        env_var=p.pseudonym_key_env if p is not None else None,
-        key_file=spec.resolve(p.pseudonym_key_file) if p is not None and p.pseudonym_key_file
-        else None,
-        default_env=PSEUDONYM_ENV_DEFAULT,
-        default_file=spec.base_dir / PSEUDONYM_KEY_FILE,
-        create=create,
+        purpose=purpose, study_id=spec.study_key_id, env_var=env,
+        key_file=spec.resolve(named) if named else None, default_env=default_env,
+        default_file=spec.base_dir / default_file, create=create,
     )
 
 
@@ -53,7 +57,7 @@ def pseudonym_key(spec: StudySpec) -> StudyKey:
     privacy.keys.KeySourceError
         A source the spec names is missing, or the key is too short.
     """
-    return _pseudonym_key(spec, create=True)
+    return _study_key(spec, "pseudonym", create=True)
 
 
 def ledger_secret(spec: StudySpec, *, create: bool) -> StudyKey:
@@ -65,17 +69,7 @@ def ledger_secret(spec: StudySpec, *, create: bool) -> StudyKey:
         A source the spec names is missing, the default file is missing and ``create`` is
         False, or the key is too short.
     """
-    p = spec.privacy
-    return load_study_key(
-        purpose="ledger",
-        study_id=spec.study_key_id,
-        env_var=p.ledger_key_env if p is not None else None,
-        key_file=spec.resolve(p.ledger_key_file) if p is not None and p.ledger_key_file
-        else None,
-        default_env=LEDGER_ENV_DEFAULT,
-        default_file=spec.base_dir / LEDGER_KEY_FILE,
-        create=create,
-    )
+    return _study_key(spec, "ledger", create=create)
 
 
 def open_study_ledger(spec: StudySpec, *, create: bool = True) -> PrivacyLedger:
@@ -119,7 +113,7 @@ def open_study_ledger(spec: StudySpec, *, create: bool = True) -> PrivacyLedger:
         ])
     new = create and not exists
     secret = ledger_secret(spec, create=new)
-    fingerprint = _pseudonym_key(spec, create=new).fingerprint
+    fingerprint = _study_key(spec, "pseudonym", create=new).fingerprint
     return PrivacyLedger(
         path,
         spec.privacy.epsilon,

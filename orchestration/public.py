@@ -22,7 +22,13 @@ if TYPE_CHECKING:  # the pipeline (pandera, instruments) is imported only where 
 from privacy.figures import FigureSpec, PublicDeclaration, ReleasePlan, plan_release
 from privacy.files import write_atomic
 from privacy.ledger import LedgerError
-from privacy.objects import DPRelease, LedgerStamp, StoredRelease
+from privacy.objects import (
+    DPRelease,
+    LedgerStamp,
+    StoredRelease,
+    read_release_files,
+    verify_release_files,
+)
 
 REPORT_HEAD_META = "flourish-ledger-head"
 
@@ -33,10 +39,6 @@ class ReleaseRefused(RuntimeError):
 
 class NothingDeclared(ReleaseRefused):
     """The study declares nothing public (no privacy section, no plan, or an unsealed plan)."""
-
-
-BudgetRefused = ReleaseRefused
-"""Former name, kept for callers of the first public tier."""
 
 
 # ---------------------------------------------------------------------- declaration
@@ -178,13 +180,9 @@ _META = re.compile(r'<meta name="' + REPORT_HEAD_META + r'" content="([0-9a-f]+)
 
 def collect_anchors(out: Path) -> list[tuple[str, LedgerStamp]]:
     """Every ledger head found in published files: ``releases/*.json`` and the report."""
-    anchors: list[tuple[str, LedgerStamp]] = []
-    for path in sorted((out / "releases").glob("*.json")):
-        try:
-            stored = StoredRelease.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # not a stored release: it carries no head (and is never shown)
-        anchors.append((str(path), stored.stamp))
+    # a file that is not a stored release carries no head (and is never shown)
+    anchors = [(str(path), item.stamp) for path, item in read_release_files(out / "releases")
+               if not isinstance(item, str)]
     report = out / "report" / "index.html"
     if report.exists():
         for m in _META.finditer(report.read_text(encoding="utf-8", errors="replace")):
@@ -213,11 +211,6 @@ class ReleaseOutcome:
     budget: float
     report: Path
     dropped: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def releases(self) -> tuple[DPRelease, ...]:
-        """The release (one suite)."""
-        return (self.release,)
 
     def __str__(self) -> str:
         shown = [f for f in self.release.figures if f.released]
@@ -334,29 +327,11 @@ def release_and_report(spec_path: Path | Study) -> ReleaseOutcome:
     )
 
 
-def verified_releases(out: Path, ledger: object) -> tuple[list[StoredRelease], list[tuple[str, str]]]:
-    """Stored releases in ``out/releases`` that verify against the ledger, and the rejects."""
-    good: list[StoredRelease] = []
-    bad: list[tuple[str, str]] = []
-    for path in sorted((out / "releases").glob("*.json")):
-        try:
-            stored = StoredRelease.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            bad.append((str(path), f"not a stored release: {exc}"))
-            continue
-        if not ledger.verify_stored(stored.stamp, stored.release.to_json()):  # type: ignore[attr-defined]
-            bad.append((str(path), "does not match the ledger"))
-            continue
-        good.append(stored)
-    good.sort(key=lambda s: s.stamp.seq)
-    return good, bad
-
-
 def render_report(study: Study, ledger: object, *, plan_status: object = None) -> Path:
     """Render ``report/index.html`` from the releases that verify against the ledger."""
     from dashboards.report import PlanStatusNote, render_public_report
 
-    good, _ = verified_releases(study.out, ledger)
+    good, _ = verify_release_files(study.out / "releases", ledger)
     note = None
     if plan_status is not None:
         note = PlanStatusNote(status=plan_status.plan_status, sha256=plan_status.sha256)  # type: ignore[attr-defined]

@@ -44,7 +44,11 @@ from typing import Literal
 import polars as pl
 
 from instruments.definition import InstrumentLibrary
-from instruments.validation import RAW_COLUMNS, RAW_SCHEMA  # noqa: F401 (re-exported)
+from instruments.validation import (  # noqa: F401 (RAW_* re-exported)
+    QUARANTINE_COLUMNS,
+    RAW_COLUMNS,
+    RAW_SCHEMA,
+)
 from orchestration.spec import StudySpec, SurveyFormat, SurveySpec
 from privacy.pseudonymise import identifier_kind_of_column
 
@@ -575,12 +579,7 @@ def _scan_file(path: Path, fmt: SurveyFormat, header_rows: int) -> pl.LazyFrame 
 
 #: Quarantine entries of malformed rows, before validation adds ``reason``.
 MALFORMED_SCHEMA: dict[str, pl.DataType] = {
-    "source": pl.String(),
-    "row": pl.Int64(),
-    "participant_id": pl.String(),
-    "wave": pl.String(),
-    "column": pl.String(),
-    "value": pl.String(),
+    k: v for k, v in QUARANTINE_COLUMNS.items() if k != "reason"
 }
 
 IDENTIFIER_SCHEMA: dict[str, pl.DataType] = {

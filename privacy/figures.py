@@ -23,7 +23,7 @@ range), so OpenDP's integer sums are exact and the charged ε is exactly the pla
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -553,13 +553,3 @@ def plan_release(decl: PublicDeclaration) -> ReleasePlan:
             margin = planned_margin(f, decl, left) if left > 0 else math.inf
             planned.append(PlannedFigure(f, 0.0, need[f.id], margin, "withheld", reasons[f.id]))
     return ReleasePlan(decl, tuple(planned))
-
-
-def with_epsilon(decl: PublicDeclaration, epsilon: float) -> PublicDeclaration:
-    """The same declaration at another suite ε (what-if planning)."""
-    return replace(decl, epsilon=float(epsilon))
-
-
-def figure_order(figures: Sequence[FigureSpec]) -> list[FigureSpec]:
-    """Figures in budget priority order (tier, then declaration order)."""
-    return sorted(figures, key=lambda f: f.tier)

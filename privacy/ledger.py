@@ -663,44 +663,33 @@ class PrivacyLedger:
             an edited, inserted or removed entry, overspending, a changed pseudonym key,
             a head the ledger does not extend (deleted, replaced, relocated, rolled back).
         """
+        return self._snapshot(anchors)[0]
+
+    def _snapshot(self, anchors: Iterable[Anchor]) -> tuple[LedgerVerification, list[LedgerEntry]]:
+        """Verification and entries read in one consistent snapshot (a read transaction)."""
         con = self._connect()
         try:
-            con.execute("BEGIN")  # one consistent snapshot
+            con.execute("BEGIN")
             try:
-                check, _ = self._verify_con(con, list(anchors))
+                return self._verify_con(con, list(anchors))
             finally:
                 con.execute("ROLLBACK")
         finally:
             con.close()
-        return check
 
     def verify_stored(self, stamp: LedgerStamp, payload: str) -> bool:
         """Whether ``payload`` is exactly what this (verifying) ledger stored at ``stamp``."""
         if stamp.ledger_id != self.ledger_id:
             return False
-        check = self.verify()
-        if not check.ok:
-            return False
-        con = self._connect()
-        try:
-            row = con.execute("SELECT entry_hash, payload FROM entries WHERE seq = ?",
-                              (int(stamp.seq),)).fetchone()
-        finally:
-            con.close()
-        return (row is not None and hmac.compare_digest(str(row[0]), stamp.entry_hash)
-                and row[1] == payload)
+        check, entries = self._snapshot(())  # the entry as verified, from the same read
+        entry = next((e for e in entries if e.seq == int(stamp.seq)), None)
+        return (check.ok and entry is not None
+                and hmac.compare_digest(entry.entry_hash, stamp.entry_hash)
+                and entry.payload == payload)
 
     def summary(self, anchors: Iterable[Anchor] = ()) -> LedgerSummary:
         """Budget, spent, remaining and the charged releases (verified first)."""
-        con = self._connect()
-        try:
-            con.execute("BEGIN")
-            try:
-                check, entries = self._verify_con(con, list(anchors))
-            finally:
-                con.execute("ROLLBACK")
-        finally:
-            con.close()
+        check, entries = self._snapshot(anchors)
         releases = tuple(
             {"release_id": e.release_id, "kind": e.kind, "epsilon": e.epsilon,
              "created_at": e.created_at}

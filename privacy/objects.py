@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 RELEASE_FORMAT = "flourish-dp-release/2"
@@ -39,12 +41,10 @@ def round_floats(obj: Any) -> Any:
     """
     if isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return obj
-    if isinstance(obj, int):
+    if isinstance(obj, numbers.Integral):  # numpy integers register here too
         return int(obj)
-    if isinstance(obj, float) or type(obj).__name__.startswith(("float", "int")):
+    if isinstance(obj, numbers.Real):
         x = float(obj)
-        if type(obj).__name__.startswith("int"):
-            return int(obj)
         if not math.isfinite(x):
             return None
         r = round(x, _DIGITS)
@@ -286,3 +286,50 @@ class StoredRelease:
                        LedgerStamp.from_dict(d["ledger"]))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a stored Flourish release: {exc}") from None
+
+
+def read_release_files(folder: Path | str) -> list[tuple[Path, StoredRelease | str]]:
+    """Every ``*.json`` in a releases folder, parsed, or with the reason it does not parse.
+
+    Sorted by name; a missing folder holds nothing. Verification against the ledger is
+    :func:`verify_release_files`; this is what both it and the anchor collection read.
+    """
+    folder = Path(folder)
+    out: list[tuple[Path, StoredRelease | str]] = []
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            out.append((path, StoredRelease.from_json(path.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            out.append((path, f"not a stored Flourish release ({exc})"))
+    return out
+
+
+def verify_release_files(folder: Path | str, ledger: object
+                         ) -> tuple[list[StoredRelease], list[tuple[str, str]]]:
+    """Stored releases whose stamp ``ledger.verify_stored`` accepts, oldest first, and the rest.
+
+    Returns ``(verified, rejected)``; each rejected file comes with its reason. A release
+    stored twice (two files, one ledger entry) is listed once.
+    """
+    good: list[StoredRelease] = []
+    rejected: list[tuple[str, str]] = []
+    for path, item in read_release_files(folder):
+        if isinstance(item, str):
+            rejected.append((str(path), item))
+            continue
+        try:
+            ok = bool(ledger.verify_stored(item.stamp, item.release.to_json()))  # type: ignore[attr-defined]
+        except (ValueError, KeyError, RuntimeError) as exc:  # LedgerError is a RuntimeError
+            rejected.append((str(path), f"cannot be checked against the ledger ({exc})"))
+            continue
+        if not ok:
+            rejected.append((str(path), "its ledger stamp does not verify (not charged, or "
+                                         "edited after release)"))
+            continue
+        good.append(item)
+    good.sort(key=lambda r: r.stamp.seq)
+    seen: set[str] = set()
+    unique = [r for r in good
+              if not (r.release.release_id in seen or seen.add(r.release.release_id))]
+    return unique, rejected
+

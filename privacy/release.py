@@ -30,10 +30,9 @@ and its ε goes to the others.
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,9 +320,3 @@ def release_public(
         status="charged" if outcome.status == "charged" else "cached",
         release=DPRelease.from_json(payload), stamp=outcome.stamp, plan=plan, payload=payload,
     )
-
-
-def epsilon_of(release: DPRelease | Mapping[str, Any]) -> float:
-    """ε a release charged (for summaries)."""
-    eps = release.epsilon if isinstance(release, DPRelease) else release["epsilon"]
-    return float(eps) if math.isfinite(float(eps)) else float("nan")

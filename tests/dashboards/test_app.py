@@ -193,8 +193,7 @@ def test_public_pages_show_verified_releases(demo_run: dict, public_folder: dict
     """The pages draw the fake ledger's verified releases of a folder, and list the rejects."""
     monkeypatch.setenv("FLOURISH_STUDY", str(demo_run["study"]))
     monkeypatch.setattr(data_mod, "_open_ledger", lambda spec: public_folder["ledger"])
-    real = data_mod._release_files
-    monkeypatch.setattr(data_mod, "_release_files", lambda folder: real(public_folder["folder"]))
+    monkeypatch.setattr(data_mod, "_releases_folder", lambda spec: public_folder["folder"])
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.switch_page(page)
